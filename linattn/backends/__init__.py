@@ -1,0 +1,1 @@
+"""One module per implementation. Each defines ``BACKEND``; see ``linattn._registry``."""

@@ -1,0 +1,52 @@
+"""Pieces shared by the Triton kernels: availability, the interpreter, dtype mapping.
+
+Importing this module never needs a GPU. Triton itself is optional: when it is missing,
+``unavailable()`` says so and the backend reports itself unavailable.
+
+Kernels run on CUDA devices, or on the CPU when ``TRITON_INTERPRET=1`` is set *before*
+linattn is imported (Triton picks the interpreter when a kernel is decorated). CI uses
+the interpreter to check kernel logic on small problems.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+
+try:  # pragma: no cover - depends on the machine
+    import triton  # noqa: F401
+    import triton.language as tl  # noqa: F401
+
+    HAVE_TRITON = True
+    _IMPORT_ERROR = None
+except Exception as e:  # ImportError, or a broken install
+    HAVE_TRITON = False
+    _IMPORT_ERROR = f"{type(e).__name__}: {e}"
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable() -> Optional[str]:
+    """None when Triton kernels can run here; otherwise why not."""
+    if not HAVE_TRITON:
+        return f"triton is not importable ({_IMPORT_ERROR}); pip install 'linattn[triton]'"
+    if INTERPRET:
+        return None
+    if not torch.cuda.is_available():
+        return "no CUDA device (set TRITON_INTERPRET=1 before importing linattn to run the kernels on the CPU)"
+    return None
+
+
+def devices() -> frozenset:
+    """Device types the kernels run on in this process."""
+    return frozenset({"cpu", "cuda"}) if INTERPRET else frozenset({"cuda"})
+
+
+def require() -> None:
+    """Raise a clear error when the kernels cannot run here."""
+    why = unavailable()
+    if why is not None:
+        from ..._registry import BackendUnavailable
+
+        raise BackendUnavailable(f"linattn triton backend: {why}")
