@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine: set up, then run the named stages in order.
+#   bash gpu/run_all.sh info dense chunk cuda harness bench fuzz
+# Each stage has its own time limit so one slow stage cannot eat the whole call; logs and
+# JSON land in $OUT (the device tool brings back at most 8 files).
+set -u
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/linattn-out}
+mkdir -p "$OUT"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_EXTENSIONS_DIR=/tmp/torch_ext
+
+stage() {  # stage NAME LIMIT_S CMD...
+  local name=$1 limit=$2; shift 2
+  echo "=== stage $name (limit ${limit}s) ==="
+  local t0=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "--- $name: rc=$rc in $(( $(date +%s) - t0 ))s; last lines:"
+  tail -n "${TAIL:-40}" "$OUT/$name.log"
+}
+
+for s in "$@"; do
+  case "$s" in
+    info)
+      nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+      python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name(), torch.cuda.get_device_properties(0).multi_processor_count, 'SMs')"
+      python3 -c "import fla, lightning_attn; print('fla', fla.__version__, 'lightning_attn ok')" 2>&1 | tail -1
+      ;;
+    dense)   stage dense 240 python3 gpu/triton_dense.py ;;
+    chunk)   stage chunk 300 python3 gpu/triton_chunk.py ;;
+    cuda)    stage cuda 240 python3 gpu/cuda_ext.py ;;
+    sanitize) stage sanitize 150 bash gpu/cuda_sanitize.sh ;;
+    harness) stage harness 150 bash -c 'if [ -f gpu/harness_gpu.sh ]; then bash gpu/harness_gpu.sh; else python3 gpu/harness_gpu.py; fi' ;;
+    bench)   stage bench 180 python3 gpu/bench.py ;;
+    fuzz)    stage fuzz 150 python3 gpu/fuzz_gpu.py ;;
+    *) echo "unknown stage $s" ;;
+  esac
+done
