@@ -50,3 +50,36 @@ def require() -> None:
         from ..._registry import BackendUnavailable
 
         raise BackendUnavailable(f"linattn triton backend: {why}")
+
+
+# -- pieces shared by the kernels ---------------------------------------------------------
+
+#: Under the interpreter, Triton 3.9's ``tl.dot`` multiplies bfloat16 operands as their raw
+#: uint16 bit patterns; kernels then upcast dot operands to float32 (exact for 16-bit
+#: products, so the result matches a tensor-core dot with float32 accumulation).
+UPCAST_DOTS = INTERPRET
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` for ``tl.dot``: full float32 products unless the caller opted in
+    to TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def next_pow2_tile(n: int, minimum: int = 16) -> int:
+    """The channel tile for a head dim ``n``: the next power of two, at least ``minimum``
+    (``tl.dot`` needs 16); loads are masked beyond ``n``."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` accumulated in float32 (see UPCAST_DOTS for ``UPCAST``)."""
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        else:
+            return tl.dot(a, b, input_precision=PRECISION)
