@@ -25,6 +25,7 @@ from ._registry import (
     select_backend,
 )
 from .slopes import alibi_slopes, tnl_slopes
+from ._decode import DecodeOutput, decode_step
 
 __version__ = "0.1.0"
 
@@ -46,4 +47,6 @@ __all__ = [
     "select_backend",
     "tnl_slopes",
     "alibi_slopes",
+    "decode_step",
+    "DecodeOutput",
 ]
