@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -16,6 +18,7 @@ __all__ = [
     "LinearAttentionOutput",
     "validate",
     "state_dtype",
+    "Float16OverflowWarning",
 ]
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -88,6 +91,10 @@ def validate(
 
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be a bool, got {type(causal).__name__}")
+    if not isinstance(output_final_state, bool):
+        raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+    # Value checks need values: skipped while tracing and on the meta device (shapes only).
+    check_values = not torch.compiler.is_compiling() and q.device.type != "meta"
     if isinstance(scale, torch.Tensor) or not isinstance(scale, numbers.Real) or isinstance(scale, bool):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
     scale = float(scale)
@@ -103,10 +110,14 @@ def validate(
             raise ValueError(f"decay slopes must have shape [H]=[{H}], got {_shape(decay)}")
         if decay.device != q.device:
             raise ValueError(f"decay slopes must be on {q.device}, got {decay.device}")
-        if not torch.compiler.is_compiling() and decay.numel() and bool((decay < 0).any()):
-            raise ValueError(
-                f"decay slopes must be >= 0 (W[i,j] = exp(-s*(i-j))), got min {decay.min().item():g}"
-            )
+        if check_values and decay.numel():
+            ok = torch.isfinite(decay) & (decay >= 0)
+            if not bool(ok.all()):
+                bad = [(h, s) for h, s in enumerate(decay.tolist()) if not ok[h]]
+                raise ValueError(
+                    f"decay slopes must be finite and >= 0 (W[i,j] = exp(-s*(i-j))), got "
+                    f"{', '.join(f's[{h}]={s:g}' for h, s in bad[:8])}{' ...' if len(bad) > 8 else ''}"
+                )
         causal = True
 
     # -- dense mask
@@ -150,6 +161,8 @@ def validate(
             raise ValueError("cu_seqlens needs a causal or decay mask and no dense mask")
         if cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens must hold at least [0, N], got {cu_seqlens.tolist()}")
+        if cu_seqlens.device.type == "meta":
+            raise ValueError("cu_seqlens must hold values (they split the packed sequences), got a meta tensor")
         if not torch.compiler.is_compiling():
             cu = cu_seqlens.tolist()
             if cu[0] != 0 or cu[-1] != N or any(a > b for a, b in zip(cu, cu[1:])):
@@ -197,6 +210,89 @@ def validate(
         varlen=cu_seqlens is not None,
     )
     return q, k, v, mask4, causal, decay, scale, initial_state, cu_seqlens, req
+
+
+class Float16OverflowWarning(RuntimeWarning):
+    """A float16 result holds inf/NaN although every input was finite."""
+
+
+#: Float16 overflow check. Costs, float16 calls only: forward, one ``isfinite`` pass over
+#: ``o`` and one device-to-host sync; backward (when q, k or v require grad), one pass over
+#: ``do`` and one over ``dq, dk, dv``, each with a sync. Skipped while compiling or capturing
+#: a CUDA graph. Turn off with ``LINATTN_FP16_CHECK=0`` or by setting this to False.
+CHECK_FLOAT16_OVERFLOW = os.environ.get("LINATTN_FP16_CHECK", "1") != "0"
+
+_FP16_ADVICE = (
+    "linear attention has no softmax to bound the scores q.k, so float16 (largest finite "
+    "value 65504) overflows easily. Normalise q and k per row (q = q / q.norm(dim=-1, "
+    "keepdim=True), the same for k), lower `scale`, or compute in bfloat16 or float32."
+)
+
+
+def _fp16_check_wanted(q: torch.Tensor) -> bool:
+    return (
+        CHECK_FLOAT16_OVERFLOW
+        and q.dtype == torch.float16
+        and q.device.type != "meta"
+        and not torch.compiler.is_compiling()
+        and not (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    )
+
+
+def _all_finite(*tensors) -> bool:
+    return all(t is None or bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def _warn_fp16(what: str, bad: int, total: int, inputs: str, stacklevel: int = 1) -> None:
+    warnings.warn(
+        f"float16 overflow in linear_attention: {bad} of {total} entries of {what} are inf/NaN "
+        f"although {inputs} are all finite. {_FP16_ADVICE}",
+        Float16OverflowWarning,
+        stacklevel=stacklevel,
+    )
+
+
+class _Fp16GradWatch:
+    """Shared by the two identity nodes below: the forward's inputs, whether its output and
+    the incoming gradient were finite."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+        self.o_finite = True
+        self.do_finite = True
+
+
+class _WatchOutputGrad(torch.autograd.Function):
+    """Identity on ``o``; its backward notes whether ``do`` is finite."""
+
+    @staticmethod
+    def forward(ctx, o, watch):
+        ctx.watch = watch
+        return o.view_as(o)
+
+    @staticmethod
+    def backward(ctx, do):
+        ctx.watch.do_finite = _all_finite(do)
+        return do, None
+
+
+class _WatchInputGrads(torch.autograd.Function):
+    """Identity on ``q, k, v``; its backward warns when dq, dk or dv overflow float16."""
+
+    @staticmethod
+    def forward(ctx, watch, q, k, v):
+        ctx.watch = watch
+        return q.view_as(q), k.view_as(k), v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        grads = [g for g in (dq, dk, dv) if g is not None]
+        w = ctx.watch
+        if w.o_finite and w.do_finite and not _all_finite(*grads) and _all_finite(*w.inputs):
+            bad = sum(int((~torch.isfinite(g)).sum()) for g in grads)
+            _warn_fp16("the gradients dq, dk, dv", bad, sum(g.numel() for g in grads),
+                       "the inputs, the output o and the incoming gradient do")
+        return None, dq, dk, dv
 
 
 def _is_empty(req: Request) -> bool:
@@ -259,13 +355,29 @@ def linear_attention(
     else:
         chosen = select_backend(req, backend)
         fn = chosen.fn
-    kw = dict(causal=causal, decay=decay, scale=scale, output_final_state=bool(output_final_state))
+    q_in, k_in, v_in = q, k, v
+    check16 = not _is_empty(req) and _fp16_check_wanted(q)
+    watch = None
+    if check16 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        watch = _Fp16GradWatch((q, k, v, mask4, s0))
+        q, k, v = _WatchInputGrads.apply(watch, q, k, v)
+    kw = dict(causal=causal, decay=decay, scale=scale, output_final_state=output_final_state)
     if cu is None:
         o, st = fn(q, k, v, mask4, initial_state=s0, **kw)
     elif chosen is not None and chosen.varlen:
         o, st = fn(q, k, v, mask4, initial_state=s0, cu_seqlens=cu, **kw)
     else:
         o, st = _varlen_loop(fn, q, k, v, cu, s0, kw)
+    if check16:
+        if not _all_finite(o):
+            if watch is not None:
+                watch.o_finite = False
+            if _all_finite(q_in, k_in, v_in, mask4, s0):
+                _warn_fp16("o", int((~torch.isfinite(o)).sum()), o.numel(),
+                           "q, k, v" + (", mask" if mask4 is not None else "")
+                           + (", initial_state" if s0 is not None else ""), stacklevel=3)
+        if watch is not None and o.requires_grad:
+            o = _WatchOutputGrad.apply(o, watch)
     if output_final_state:
         return LinearAttentionOutput(o, st)
     return o
