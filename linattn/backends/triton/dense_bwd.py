@@ -1,0 +1,382 @@
+"""Backward kernels of the general operator: dq, dk/dv, dM and the slopes gradient.
+
+Each tile recomputes its scores instead of reading them back (nothing N×M is stored by
+the forward), then follows the dense-form gradient:
+
+    A  = q kᵀ            W  = M ⊙ C           (C: causal/decay factor)
+    dP = scale · do vᵀ   dv = scale · (A ⊙ W)ᵀ do
+    dA = dP ⊙ W          dq = dA k            dk = dAᵀ q
+    dW = dP ⊙ A          dM = dW ⊙ C          ds_h = -Σ (i - j) dW ⊙ W
+
+Three kernels, launched only for the gradients that are needed:
+
+* ``_dense_bwd_dq_kernel`` — one program per (query block, b, h), walking the keys:
+  dq, and the slopes gradient as one float32 partial sum per program (reduced after, in
+  a fixed order). When the mask has one tile per (b, h) (no broadcast) it also writes dM.
+* ``_dense_bwd_dkdv_kernel`` — one program per (key block, b, kv head), walking the
+  queries of every head of its group in turn: dk and dv summed over the GQA group inside
+  the program, deterministically, with no [B, H, M, D] buffer.
+* ``_dense_bwd_dmask_kernel`` — one program per mask tile (i block, j block, mask b, mask h),
+  looping over the (b, h) pairs that share the tile (all of them for a [1, 1, N, M] mask):
+  dM summed over the broadcast dimensions without a per-head dM ever existing.
+
+Causal/decay: the dq walk stops at the diagonal, the dk/dv walk starts there, and the
+dM kernel writes zeros above it without computing anything.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import common
+from .common import HAVE_TRITON
+from .dense_fwd import launch, mask_strides, smem_estimate
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    from .common import dot
+    from .dense_fwd import _autotuned, causal_decay
+
+__all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
+
+# (rows, cols, num_warps, num_stages); rows = the block a program owns.
+DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
+DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
+DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3)]
+FIXED_GPU = (64, 64, 4, 3)
+FIXED_INTERPRET = (32, 16, 1, 1)
+
+
+def _prune_rows(rows: str, cols: str):
+    def prune(configs, named_args, **kwargs):
+        a = {**named_args, **kwargs}
+        el, BD, BE = a["q"].element_size(), a["BD"], a["BE"]
+        kept = [
+            c for c in configs
+            if smem_estimate(el, c.kwargs[rows], c.kwargs[cols], BD, BE, c.num_stages) <= 200 * 1024
+        ]
+        return kept or [min(configs, key=lambda c: c.kwargs[rows] * c.kwargs[cols])]
+
+    return prune
+
+
+if HAVE_TRITON:
+
+    @triton.jit
+    def _dense_bwd_dq_kernel(
+        q, k, v, m, s, do, dq, dm, ds,
+        stride_mb, stride_mh, stride_mn, stride_mm,
+        H, G, N, M, D, E, scale, NI,
+        HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        NEED_DQ: tl.constexpr, NEED_DM: tl.constexpr, NEED_DS: tl.constexpr,
+        BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
+        tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
+        tl.static_assert(not NEED_DM or HAS_MASK, "dM needs a mask")
+        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        i_kv = i_b * (H // G) + i_h // G
+        i0 = i_n * BN
+
+        q += (i_bh.to(tl.int64) * N + i0) * D
+        dq += (i_bh.to(tl.int64) * N + i0) * D
+        do += (i_bh.to(tl.int64) * N + i0) * E
+        k += i_kv.to(tl.int64) * M * D
+        v += i_kv.to(tl.int64) * M * E
+        if HAS_MASK:
+            m += i_b.to(tl.int64) * stride_mb + i_h.to(tl.int64) * stride_mh + i0.to(tl.int64) * stride_mn
+        if NEED_DM:  # dM has the mask's (unbroadcast) shape, contiguous: one tile per (b, h)
+            dm += (i_bh.to(tl.int64) * N + i0) * M
+
+        o_n = tl.arange(0, BN)
+        o_m = tl.arange(0, BM)
+        o_d = tl.arange(0, BD)
+        o_e = tl.arange(0, BE)
+        m_n = (i0 + o_n) < N
+        m_d = o_d < D
+        m_e = o_e < E
+
+        b_q = tl.load(q + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        b_do = tl.load(do + o_n[:, None] * E + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+        if DECAY:
+            b_s = tl.load(s + i_h).to(tl.float32)
+        else:
+            b_s = 0.0
+        b_dq = tl.zeros([BN, BD], dtype=tl.float32)
+        b_ds = tl.zeros([BN, BM], dtype=tl.float32)
+
+        hi = tl.minimum(M, i0 + BN) if CAUSAL else M
+        p_k = k + o_m[:, None] * D + o_d[None, :]  # [BM, BD]
+        p_v = v + o_m[:, None] * E + o_e[None, :]  # [BM, BE]
+        p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
+        p_dm = dm + o_n[:, None] * M + o_m[None, :]  # [BN, BM]
+        for j0 in range(0, hi, BM):
+            m_m = (j0 + o_m) < M
+            m_nm = m_n[:, None] & m_m[None, :]
+            b_k = tl.load(p_k, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+            b_v = tl.load(p_v, mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+            # -- recompute the scores; dP = scale do vᵀ
+            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST) * scale  # [BN, BM]
+            # -- W = M ⊙ C
+            if CAUSAL:
+                b_dist = (i0 + o_n)[:, None] - (j0 + o_m)[None, :]  # [BN, BM]  i - j
+                b_c = causal_decay(b_dist, b_s, DECAY)  # [BN, BM]
+            if HAS_MASK:
+                b_m = tl.load(p_m, mask=m_nm, other=0.0).to(tl.float32)  # [BN, BM]
+                if CAUSAL:
+                    b_w = b_m * b_c
+                else:
+                    b_w = b_m
+            elif CAUSAL:
+                b_w = b_c
+            else:
+                b_w = 1.0
+            if NEED_DM:  # dM = dP ⊙ A ⊙ C
+                b_dw = b_dp * b_a
+                if CAUSAL:
+                    b_dw *= b_c
+                tl.store(p_dm, b_dw.to(dm.dtype.element_ty), mask=m_nm)
+            if NEED_DS:  # ds accumulates (i - j) dP ⊙ A ⊙ W elementwise; reduced once at the end
+                b_ds += b_dist.to(tl.float32) * b_dp * b_a * b_w
+            if NEED_DQ:  # dq += (dP ⊙ W) k
+                b_dq += dot((b_dp * b_w).to(b_k.dtype), b_k, PRECISION, UPCAST)  # [BN, BD]
+            p_k += BM * D
+            p_v += BM * E
+            p_m += BM * stride_mm
+            p_dm += BM
+
+        if NEED_DQ:
+            tl.store(dq + o_n[:, None] * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
+        if NEED_DS:  # one partial per program, summed in a fixed order by the launcher
+            tl.store(ds + i_bh * NI + i_n, -tl.sum(tl.sum(b_ds, axis=1), axis=0))
+
+    @triton.jit
+    def _dense_bwd_dkdv_kernel(
+        q, k, v, m, s, do, dk, dv,
+        stride_mb, stride_mh, stride_mn, stride_mm,
+        H, G, N, M, D, E, scale,
+        HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        NEED_DK: tl.constexpr, NEED_DV: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
+        tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
+        i_m, i_bg = tl.program_id(0), tl.program_id(1)
+        Hkv = H // G
+        i_b, i_g = i_bg // Hkv, i_bg % Hkv
+        j0 = i_m * BM
+
+        k += (i_bg.to(tl.int64) * M + j0) * D
+        v += (i_bg.to(tl.int64) * M + j0) * E
+        dk += (i_bg.to(tl.int64) * M + j0) * D
+        dv += (i_bg.to(tl.int64) * M + j0) * E
+
+        o_n = tl.arange(0, BN)
+        o_m = tl.arange(0, BM)
+        o_d = tl.arange(0, BD)
+        o_e = tl.arange(0, BE)
+        m_m = (j0 + o_m) < M
+        m_d = o_d < D
+        m_e = o_e < E
+
+        b_k = tl.load(k + o_m[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+        b_v = tl.load(v + o_m[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+        b_dk = tl.zeros([BM, BD], dtype=tl.float32)
+        b_dv = tl.zeros([BM, BE], dtype=tl.float32)
+
+        lo = j0 if CAUSAL else 0  # causal: no query row above the diagonal
+        for i_h in range(i_g * G, i_g * G + G):  # the heads of this kv head's group, in order
+            i_bh = i_b * H + i_h
+            if DECAY:
+                b_s = tl.load(s + i_h).to(tl.float32)
+            else:
+                b_s = 0.0
+            p_q = q + (i_bh.to(tl.int64) * N + lo) * D + o_n[:, None] * D + o_d[None, :]  # [BN, BD]
+            p_do = do + (i_bh.to(tl.int64) * N + lo) * E + o_n[:, None] * E + o_e[None, :]  # [BN, BE]
+            p_mt = (m + i_b.to(tl.int64) * stride_mb + tl.cast(i_h, tl.int64) * stride_mh + j0.to(tl.int64) * stride_mm
+                    + lo * stride_mn + o_m[:, None] * stride_mm + o_n[None, :] * stride_mn)  # [BM, BN]  Mᵀ tile
+            for i0 in range(lo, N, BN):
+                m_n = (i0 + o_n) < N
+                m_mn = m_m[:, None] & m_n[None, :]
+                b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+                b_do = tl.load(p_do, mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+                # -- transposed tiles: Aᵀ = k qᵀ, dPᵀ = scale v doᵀ
+                b_at = dot(b_k, tl.trans(b_q), PRECISION, UPCAST)  # [BM, BN]
+                # -- Wᵀ
+                if CAUSAL:
+                    b_ct = causal_decay((i0 + o_n)[None, :] - (j0 + o_m)[:, None], b_s, DECAY)  # [BM, BN]
+                if HAS_MASK:
+                    b_mt = tl.load(p_mt, mask=m_mn, other=0.0).to(tl.float32)  # [BM, BN]
+                    if CAUSAL:
+                        b_wt = b_mt * b_ct
+                    else:
+                        b_wt = b_mt
+                elif CAUSAL:
+                    b_wt = b_ct
+                else:
+                    b_wt = 1.0
+                if NEED_DV:  # dv += (A ⊙ W)ᵀ do
+                    b_dv += dot((b_at * b_wt).to(b_do.dtype), b_do, PRECISION, UPCAST)  # [BM, BE]
+                if NEED_DK:  # dk += (dP ⊙ W)ᵀ q
+                    b_dpt = dot(b_v, tl.trans(b_do), PRECISION, UPCAST) * scale  # [BM, BN]
+                    b_dk += dot((b_dpt * b_wt).to(b_q.dtype), b_q, PRECISION, UPCAST)  # [BM, BD]
+                p_q += BN * D
+                p_do += BN * E
+                p_mt += BN * stride_mn
+
+        if NEED_DK:
+            tl.store(dk + o_m[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
+        if NEED_DV:
+            tl.store(dv + o_m[:, None] * E + o_e[None, :], (b_dv * scale).to(dv.dtype.element_ty),
+                     mask=m_m[:, None] & m_e[None, :])
+
+    @triton.jit
+    def _dense_bwd_dmask_kernel(
+        q, k, v, s, do, dm,
+        B, H, G, N, M, D, E, scale,
+        MB, MH,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
+        i_n, i_m, i_bhm = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_bm, i_hm = i_bhm // MH, i_bhm % MH  # this tile's index in the [MB, MH, N, M] mask
+        # the (b, h) pairs sharing the tile: every b if MB == 1, every h if MH == 1
+        NB = B // MB
+        NH = H // MH
+        i0 = i_n * BN
+        j0 = i_m * BM
+
+        o_n = tl.arange(0, BN)
+        o_m = tl.arange(0, BM)
+        o_d = tl.arange(0, BD)
+        o_e = tl.arange(0, BE)
+        m_n = (i0 + o_n) < N
+        m_m = (j0 + o_m) < M
+        m_d = o_d < D
+        m_e = o_e < E
+
+        b_dm = tl.zeros([BN, BM], dtype=tl.float32)
+        # causal: a tile wholly above the diagonal is zero; it is written, not computed
+        n_pairs = NB * NH
+        if CAUSAL:
+            n_pairs = tl.where(j0 > i0 + BN - 1, 0, n_pairs)
+        for t in range(0, n_pairs):
+            i_b = i_bm + t // NH
+            i_h = i_hm + t % NH
+            i_bh = i_b * H + i_h
+            i_kv = i_b * (H // G) + i_h // G
+            b_q = tl.load(q + (i_bh.to(tl.int64) * N + i0) * D + o_n[:, None] * D + o_d[None, :],
+                          mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+            b_do = tl.load(do + (i_bh.to(tl.int64) * N + i0) * E + o_n[:, None] * E + o_e[None, :],
+                           mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+            b_k = tl.load(k + (i_kv.to(tl.int64) * M + j0) * D + o_m[:, None] * D + o_d[None, :],
+                          mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+            b_v = tl.load(v + (i_kv.to(tl.int64) * M + j0) * E + o_m[:, None] * E + o_e[None, :],
+                          mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST)  # [BN, BM]  (scale applied once at the end)
+            if CAUSAL:
+                if DECAY:
+                    b_s = tl.load(s + i_h).to(tl.float32)
+                else:
+                    b_s = 0.0
+                b_dm += b_dp * b_a * causal_decay((i0 + o_n)[:, None] - (j0 + o_m)[None, :], b_s, DECAY)
+            else:
+                b_dm += b_dp * b_a
+
+        p_dm = dm + ((i_bm * MH + i_hm).to(tl.int64) * N + i0) * M + j0 + o_n[:, None] * M + o_m[None, :]
+        tl.store(p_dm, (b_dm * scale).to(dm.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
+
+    _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _prune_rows("BN", "BM"))
+    _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _prune_rows("BM", "BN"))
+    _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _prune_rows("BN", "BM"),
+                              key=["N", "M", "BD", "BE", "CAUSAL", "DECAY", "PRECISION", "MB", "MH"])
+
+
+def dense_backward(
+    do, q, k, v, mask, slopes, causal: bool, scale: float, *,
+    need_dq: bool, need_dkv: tuple, need_dmask: bool, need_dslopes: bool, configs=None,
+):
+    """Gradients ``(dq, dk, dv, dmask, dslopes)``; None for those not needed.
+
+    Args:
+        do: `[B, H, N, E]`, the gradient of o.
+        need_dkv: `(need_dk, need_dv)`.
+        configs: optional dict ``{"dq"|"dkdv"|"dmask": (rows, cols, num_warps, num_stages)}``
+            bypassing the autotuner per kernel. Default: `None`.
+    """
+    configs = configs or {}
+    q, k, v, do = q.contiguous(), k.contiguous(), v.contiguous(), do.contiguous()
+    B, H, N, D = q.shape
+    Hkv, M, E = k.shape[1], k.shape[2], v.shape[3]
+    causal = bool(causal or slopes is not None)
+    has_mask = mask is not None
+    need_dmask = need_dmask and has_mask
+    need_dslopes = need_dslopes and slopes is not None
+    s32 = slopes.to(torch.float32).contiguous() if slopes is not None else None
+    common_args = dict(
+        H=H, G=H // Hkv, N=N, M=M, D=D, E=E, scale=float(scale),
+        CAUSAL=causal, DECAY=slopes is not None,
+        BD=common.next_pow2_tile(D), BE=common.next_pow2_tile(E),
+        PRECISION=common.dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
+    )
+    sm = mask_strides(mask)
+    mask_args = dict(m=mask if has_mask else q, stride_mb=sm[0], stride_mh=sm[1], stride_mn=sm[2], stride_mm=sm[3])
+    # dM inside the dq kernel when the mask has its own tile for every (b, h)
+    fuse_dm = need_dmask and mask.shape[0] == B and mask.shape[1] == H
+
+    dq = dk = dv = dmask = dslopes = None
+    if need_dmask:
+        alloc = torch.zeros if (causal and fuse_dm) else torch.empty  # fused: tiles past the diagonal are never visited
+        dmask = alloc(mask.shape, device=q.device, dtype=mask.dtype)
+
+    if need_dq or need_dslopes or fuse_dm:
+        dq = torch.empty_like(q) if need_dq else q
+        # slopes: one partial per (b, h, row block); the autotuner picks the row block later,
+        # so room is made for the smallest one (unused entries stay 0)
+        min_rows = min(r for r, *_ in DQ_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, configs.get("dq") or FIXED_GPU])
+        n_part = triton.cdiv(N, min_rows)
+        ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
+        launch(
+            _dense_bwd_dq_kernel, _dq_tuned,
+            lambda meta: (triton.cdiv(N, meta["BN"]), B * H),
+            dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq,
+                 dm=dmask if fuse_dm else q, ds=ds_part, NI=n_part, **mask_args, **common_args,
+                 HAS_MASK=has_mask, NEED_DQ=need_dq, NEED_DM=fuse_dm, NEED_DS=need_dslopes),
+            configs.get("dq"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM",
+        )
+        if need_dslopes:
+            dslopes = ds_part.view(B, H, -1).sum(dim=(0, 2)).to(slopes.dtype)  # fixed-order reduction
+        if not need_dq:
+            dq = None
+
+    need_dk, need_dv = need_dkv
+    if need_dk or need_dv:
+        dk = torch.empty_like(k) if need_dk else k
+        dv = torch.empty_like(v) if need_dv else v
+        launch(
+            _dense_bwd_dkdv_kernel, _dkdv_tuned,
+            lambda meta: (triton.cdiv(M, meta["BM"]), B * Hkv),
+            dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
+                 **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=need_dk, NEED_DV=need_dv),
+            configs.get("dkdv"), FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
+        )
+        dk = dk if need_dk else None
+        dv = dv if need_dv else None
+
+    if need_dmask and not fuse_dm:
+        MB, MH = mask.shape[0], mask.shape[1]
+        args = dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dm=dmask, B=B, MB=MB, MH=MH, **common_args)
+        launch(
+            _dense_bwd_dmask_kernel, _dmask_tuned,
+            lambda meta: (triton.cdiv(N, meta["BN"]), triton.cdiv(M, meta["BM"]), MB * MH),
+            args, configs.get("dmask"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM",
+        )
+    return dq, dk, dv, dmask, dslopes
