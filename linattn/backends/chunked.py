@@ -86,7 +86,8 @@ from ._common import compute_dtype, expand_kv, group_sum, state_dtype
 __all__ = ["chunked_linear_attention", "chunked_forward", "DEFAULT_CHUNK_SIZE", "BACKEND"]
 
 #: Chosen by measuring forward+backward on a CPU (decay, float32, B=1 H=4 N=8192 D=E=64,
-#: one thread): C = 32 / 64 / 128 / 256 took 0.21 / 0.15 / 0.18 / 0.27 s.
+#: one thread): C = 16 / 32 / 64 / 128 / 256 took 0.29 / 0.23 / 0.19 / 0.27 / 0.54 s
+#: (best of 5). Matrix products are ~2/3 of the time at C = 64.
 DEFAULT_CHUNK_SIZE = 64
 
 
