@@ -323,3 +323,35 @@ def run_public(backend_name, fn, q, k, v, mask, *, causal, decay, scale, initial
     else:
         o, st = _varlen_loop(f, q, k, v, cu, s0, kw)
     return LinearAttentionOutput(o, st) if output_final_state else o
+
+
+# -- padding (blocked_indexed, blocked_prealloc) --------------------------------------
+
+
+def pad_dim(x: torch.Tensor, dim: int, length: int) -> torch.Tensor:
+    """``x`` with zeros appended along ``dim`` up to ``length`` (x itself when long enough).
+
+    Zero rows are harmless: a zero query row or key row gives a zero score, so padded rows
+    and columns add nothing to o, and their own gradients are sliced away at the end.
+    """
+    extra = length - x.shape[dim]
+    if extra <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def mask_tile(mg: torch.Tensor, i0: int, bn: int, j0: int, bm: int, dtype) -> torch.Tensor:
+    """The dense-mask tile [Bm, Hkv|1, bn, G|1, bm] of a padded grid, in ``dtype``.
+
+    The mask itself is never padded (that would copy all N×M of it); the few edge tiles
+    that reach past N or M are zero-filled here instead.
+    """
+    N, M = mg.shape[2], mg.shape[4]
+    t = mg[:, :, i0 : i0 + bn, :, j0 : j0 + bm].to(dtype)  # (Bm, Hkv|1, rn, G|1, rm)
+    if t.shape[2] < bn:
+        t = pad_dim(t, 2, bn)
+    if t.shape[4] < bm:
+        t = pad_dim(t, 4, bm)
+    return t
