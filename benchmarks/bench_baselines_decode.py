@@ -1,0 +1,7 @@
+"""Baseline decode step: fla's fused_recurrent_simple_gla with a state, where installed."""
+BENCH_TARGETS = "baselines"
+BENCH_DECODE = True
+
+
+def test_baseline_decode_step(bench, target, shape):
+    bench(target, shape, "fwd")
