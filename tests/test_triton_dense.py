@@ -1,0 +1,350 @@
+"""Backend ``triton_dense``: the flash-style Triton kernels for the general operator.
+
+Everything is compared with the float64 reference on random data at awkward sizes (N = 1,
+2, primes, tile edges ±1; D = 1, 48, 60; MQA and GQA). The kernels run on a CUDA device,
+or on the CPU under the Triton interpreter when TRITON_INTERPRET=1 was set before linattn
+was imported (tox's interpreter env does so); otherwise this module is skipped.
+Under the interpreter the tiles are 32×16 (dense_fwd.FWD_FIXED_INTERPRET), so sizes of a
+few dozen already cross several tile edges in both directions.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import linattn
+from linattn._registry import MASK_KINDS
+from linattn.backends._common import effective_mask, expand_kv
+from linattn.backends.triton import common
+
+if not common.HAVE_TRITON:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if not common.INTERPRET and not torch.cuda.is_available():
+    pytest.skip(
+        "needs a CUDA device, or TRITON_INTERPRET=1 set before linattn is imported "
+        "(e.g. `TRITON_INTERPRET=1 pytest tests/test_triton_dense.py`)",
+        allow_module_level=True,
+    )
+
+from linattn.backends.triton import dense, dense_bwd  # noqa: E402
+
+pytestmark = pytest.mark.interpreter
+DEVICE = "cpu" if common.INTERPRET else "cuda"
+BACKEND = "triton_dense"
+
+
+# -- problems and the float64 oracle ------------------------------------------------------------
+
+def make_problem(B, H, Hkv, N, M, D, E, mask_shape=None, decay=False, state=False, seed=0):
+    """Random float64 leaves (CPU): q, k, v, mask, slopes, initial state and an output cotangent."""
+    g = torch.Generator().manual_seed(seed)
+    p = dict(
+        q=torch.randn(B, H, N, D, generator=g, dtype=torch.float64),
+        k=torch.randn(B, Hkv, M, D, generator=g, dtype=torch.float64),
+        v=torch.randn(B, Hkv, M, E, generator=g, dtype=torch.float64),
+        mask=torch.randn(mask_shape, generator=g, dtype=torch.float64) if mask_shape else None,
+        decay=(0.02 + 0.3 * torch.rand(H, generator=g, dtype=torch.float64)) if decay else None,
+        initial_state=torch.randn(B, H, D, E, generator=g, dtype=torch.float64) if state else None,
+        do=torch.randn(B, H, N, E, generator=g, dtype=torch.float64),
+        dS=torch.randn(B, H, D, E, generator=g, dtype=torch.float64) if state else None,
+    )
+    return p
+
+
+def run(p, dtype, backend, *, causal=False, scale=0.7, grads=("q", "k", "v", "mask", "decay", "initial_state"),
+        device=DEVICE):
+    """o, final state and the gradients of <o, do> + <S, dS> for the leaves in ``grads``."""
+    leaves = {}
+    for name in ("q", "k", "v", "mask", "decay", "initial_state"):
+        t = p[name]
+        if t is None:
+            continue
+        want = dtype if name in ("q", "k", "v", "mask") else (torch.float64 if dtype == torch.float64 else torch.float32)
+        leaves[name] = t.to(device=device, dtype=want).requires_grad_(name in grads)
+    state = p["initial_state"] is not None
+    res = linattn.linear_attention(
+        leaves["q"], leaves["k"], leaves["v"], leaves.get("mask"), causal=causal, decay=leaves.get("decay"),
+        scale=scale, initial_state=leaves.get("initial_state"), output_final_state=state, backend=backend,
+    )
+    o, S = (res.o, res.final_state) if state else (res, None)
+    loss = (o.double() * p["do"].to(device)).sum()
+    if S is not None:
+        loss = loss + (S.double() * p["dS"].to(device)).sum()
+    wrt = [n for n in leaves if leaves[n].requires_grad]
+    gs = torch.autograd.grad(loss, [leaves[n] for n in wrt]) if wrt else ()
+    out = {"o": o, "S": S}
+    out.update({f"d{n}": g for n, g in zip(wrt, gs)})
+    return {n: (t.detach().double().cpu() if t is not None else None) for n, t in out.items()}
+
+
+def naive_low(p, dtype, *, causal=False, scale=0.7):
+    """The formula computed with plain torch ops in ``dtype`` (16-bit intermediates): the
+    error it makes against float64 sets the tolerance band for a kernel in that dtype."""
+    def f(q, k, v, mask, s):
+        H = q.shape[1]
+        W = effective_mask(q.shape[2], k.shape[2], mask, causal or s is not None, s, q.dtype, q.device)
+        A = q @ expand_kv(k, H).transpose(-1, -2)
+        return ((A if W is None else A * W) @ expand_kv(v, H)) * scale
+
+    names = ["q", "k", "v", "mask", "decay"]
+    leaves = [p[n].to(dtype).requires_grad_() if p[n] is not None else None for n in names]
+    o = f(*leaves)
+    used = [(n, t) for n, t in zip(names, leaves) if t is not None]
+    gs = torch.autograd.grad((o.double() * p["do"]).sum(), [t for _, t in used])
+    out = {"o": o.detach().double()}
+    out.update({f"d{n}": g.double() for (n, _), g in zip(used, gs)})
+    return out
+
+
+def rel_err(a, b):
+    return (a - b).abs().max().item() / max(b.abs().max().item(), 1e-300)
+
+
+def check_float32(got, want, tol=2e-5):
+    for name, w in want.items():
+        if w is None:
+            assert got[name] is None, name
+            continue
+        assert got[name] is not None, f"{name} missing"
+        assert got[name].shape == w.shape, f"{name}: shape {tuple(got[name].shape)} != {tuple(w.shape)}"
+        err = rel_err(got[name], w)
+        assert err < tol, f"{name}: max error {err:.2e} relative to max |{name}| exceeds {tol:g}"
+
+
+# -- float32 against float64: every mask kind, broadcast shape, GQA, awkward sizes --------------
+
+CASES = [
+    # B, H, Hkv, N, M, D, E, mask shape, causal, decay
+    (2, 4, 2, 37, 37, 20, 12, None, False, False),
+    (2, 4, 4, 45, 31, 48, 20, None, False, False),
+    (2, 4, 2, 37, 21, 20, 12, (1, 1, 37, 21), False, False),
+    (2, 4, 1, 33, 33, 60, 9, (2, 4, 33, 33), False, False),
+    (2, 4, 2, 37, 50, 16, 16, (2, 1, 37, 50), False, False),
+    (1, 4, 2, 37, 37, 16, 16, (1, 4, 37, 37), False, False),
+    (1, 2, 2, 1, 1, 1, 1, (1, 1, 1, 1), False, False),
+    (1, 2, 1, 2, 2, 5, 3, (1, 2, 2, 2), True, False),
+    (2, 2, 1, 63, 63, 48, 16, None, True, False),
+    (1, 4, 2, 65, 65, 60, 17, (1, 1, 65, 65), True, False),
+    (2, 2, 2, 34, 34, 16, 24, (2, 2, 34, 34), True, False),
+    (1, 4, 2, 53, 53, 32, 16, None, False, True),
+    (2, 2, 1, 47, 47, 16, 16, (1, 2, 47, 47), False, True),
+    (1, 4, 4, 33, 33, 24, 1, (1, 1, 33, 33), False, True),
+    (1, 2, 2, 130, 130, 16, 16, (1, 1, 130, 130), False, True),
+]
+
+
+def _id(c):
+    B, H, Hkv, N, M, D, E, ms, causal, decay = c
+    kind = ("dense" if ms else "") + ("+decay" if decay else "+causal" if causal else "")
+    ms_s = "x".join(map(str, ms[:2])) if ms else ""
+    return f"B{B}-H{H}-Hkv{Hkv}-N{N}-M{M}-D{D}-E{E}-{kind.strip('+') or 'none'}{'-m' + ms_s if ms else ''}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_float32_matches_float64_reference(case):
+    B, H, Hkv, N, M, D, E, ms, causal, decay = case
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay)
+    got = run(p, torch.float32, BACKEND, causal=causal)
+    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
+    check_float32(got, want)
+
+
+# -- 16-bit inputs: inside a band set by the same formula computed in that dtype ----------------
+
+LOW_CASES = [
+    (1, 4, 2, 65, 65, 48, 20, (1, 1, 65, 65), False, False),
+    (1, 2, 1, 70, 70, 60, 16, (1, 2, 70, 70), False, True),
+    (2, 2, 2, 63, 63, 16, 16, None, True, False),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", LOW_CASES, ids=[_id(c) for c in LOW_CASES])
+def test_half_within_band_of_same_dtype_formula(case, dtype):
+    """Measured ratios (kernel error / naive-in-dtype error) were 0.6-2.2: the kernel rounds
+    the weighted score tile to the input dtype before the second product, as flash
+    attention does, and rounds once more at the end. The band allows 4×."""
+    B, H, Hkv, N, M, D, E, ms, causal, decay = case
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=1)
+    exact = run(p, torch.float64, "reference", causal=causal, device="cpu")
+    low = naive_low(p, dtype, causal=causal)
+    got = run(p, dtype, BACKEND, causal=causal)
+    for name, e in exact.items():
+        if e is None:
+            continue
+        band = 4 * (low[name] - e).abs().max().item() + 1e-6 * e.abs().max().item()
+        err = (got[name] - e).abs().max().item()
+        assert err <= band, f"{name}: error {err:.3e} outside band {band:.3e} (naive {dtype} error x4)"
+
+
+# -- state (causal/decay without a dense mask) -------------------------------------------------
+
+@pytest.mark.parametrize("decay", [False, True], ids=["causal", "decay"])
+def test_state_in_and_out_with_gradients(decay):
+    p = make_problem(2, 4, 2, 41, 41, 20, 12, None, decay, state=True)
+    got = run(p, torch.float32, BACKEND, causal=True)
+    want = run(p, torch.float64, "reference", causal=True, device="cpu")
+    check_float32(got, want)
+
+
+def test_state_split_equals_whole():
+    p = make_problem(1, 2, 1, 40, 40, 16, 8, None, True, state=False)
+    dev = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
+    q, k, v, s = dev(p["q"]), dev(p["k"]), dev(p["v"]), dev(p["decay"])
+    o, S = linattn.linear_attention(q, k, v, decay=s, output_final_state=True, backend=BACKEND)
+    o1, S1 = linattn.linear_attention(q[:, :, :17], k[:, :, :17], v[:, :, :17], decay=s,
+                                      output_final_state=True, backend=BACKEND)
+    o2, S2 = linattn.linear_attention(q[:, :, 17:], k[:, :, 17:], v[:, :, 17:], decay=s, initial_state=S1,
+                                      output_final_state=True, backend=BACKEND)
+    torch.testing.assert_close(torch.cat([o1, o2], 2), o, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(S2, S, rtol=1e-5, atol=1e-4)
+
+
+# -- masks with unusual layouts, scale, gradients only where needed ---------------------------
+
+def test_mask_views_stride_zero_and_transposed():
+    """A mask passed as an expand() view (stride 0) or a transposed view is read in place;
+    its gradient reaches the small base tensor summed over the broadcast."""
+    p = make_problem(2, 2, 1, 29, 29, 16, 16)
+    dev = lambda t: t.to(DEVICE, torch.float32)  # noqa: E731
+    base = torch.randn(29, 1, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    square = torch.randn(29, 29, dtype=torch.float32, device=DEVICE, requires_grad=True)
+    for mk in (lambda: base.expand(29, 29), lambda: square.t()):
+        outs = []
+        for be in (BACKEND, "reference"):
+            q, k, v = dev(p["q"]), dev(p["k"]), dev(p["v"])
+            o = linattn.linear_attention(q, k, v, mk(), backend=be)
+            leaf = base if mk().stride(-1) == 0 else square
+            (g,) = torch.autograd.grad((o * dev(p["do"])).sum(), [leaf])
+            outs.append((o, g))
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-3)
+
+
+def _record_launches(monkeypatch):
+    names = []
+    orig = dense_bwd.launch
+
+    def spy(kernel, tuned, grid_fn, args, *rest, **kw):
+        flags = {k: v for k, v in args.items() if k.startswith("NEED_")}
+        names.append((kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), flags))
+        return orig(kernel, tuned, grid_fn, args, *rest, **kw)
+
+    monkeypatch.setattr(dense_bwd, "launch", spy)
+    return names
+
+
+def test_constant_mask_gets_no_mask_work(monkeypatch):
+    launches = _record_launches(monkeypatch)
+    p = make_problem(1, 2, 1, 33, 33, 16, 16, (1, 1, 33, 33))
+    got = run(p, torch.float32, BACKEND, grads=("q", "k", "v"))
+    assert "dmask" not in got
+    kinds = [n for n, _ in launches]
+    assert not any("dmask" in n for n in kinds), launches
+    assert all(not f.get("NEED_DM", False) for _, f in launches), launches
+
+
+def test_only_mask_grad_runs_only_the_mask_kernel(monkeypatch):
+    launches = _record_launches(monkeypatch)
+    p = make_problem(2, 2, 1, 33, 20, 16, 16, (1, 1, 33, 20))
+    got = run(p, torch.float32, BACKEND, grads=("mask",))
+    want = run(p, torch.float64, "reference", grads=("mask",), device="cpu")
+    check_float32(got, want)
+    assert [n for n, _ in launches] == ["_dense_bwd_dmask_kernel"], launches
+
+
+def test_only_v_grad_skips_dk_and_dq(monkeypatch):
+    launches = _record_launches(monkeypatch)
+    p = make_problem(1, 2, 2, 33, 33, 16, 16, (1, 2, 33, 33))
+    got = run(p, torch.float32, BACKEND, grads=("v",))
+    want = run(p, torch.float64, "reference", grads=("v",), device="cpu")
+    check_float32(got, want)
+    assert launches == [("_dense_bwd_dkdv_kernel", {"NEED_DK": False, "NEED_DV": True})], launches
+
+
+def test_gqa_gradients_deterministic():
+    p = make_problem(1, 4, 1, 40, 40, 16, 16, (1, 1, 40, 40), decay=True)
+    a = run(p, torch.float32, BACKEND)
+    b = run(p, torch.float32, BACKEND)
+    for name in a:
+        if a[name] is not None:
+            assert torch.equal(a[name], b[name]), f"{name} differs between two identical runs"
+
+
+def test_explicit_tile_configs_agree():
+    """The launchers accept explicit tiles (the GPU script times them); every one computes the same."""
+    from linattn.backends.triton.dense_fwd import dense_forward
+
+    p = make_problem(1, 2, 1, 50, 50, 16, 16, (1, 1, 50, 50), decay=True)
+    q, k, v, m = (p[n].to(DEVICE, torch.float32) for n in ("q", "k", "v", "mask"))
+    s = p["decay"].to(DEVICE, torch.float32)
+    do = p["do"].to(DEVICE, torch.float32)
+    outs = []
+    for cfg in [(16, 16, 1, 1), (32, 16, 1, 1), (16, 32, 1, 1)]:
+        o = dense_forward(q, k, v, m, s, True, 0.5, config=cfg)
+        g = dense_bwd.dense_backward(
+            do, q, k, v, m, s, True, 0.5, need_dq=True, need_dkv=(True, True), need_dmask=True,
+            need_dslopes=True, configs={"dq": cfg, "dkdv": cfg, "dmask": cfg},
+        )
+        outs.append([o, *g])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
+# -- torch.compile, registry, errors --------------------------------------------------------
+
+def test_torch_compile_traces_the_custom_op():
+    p = make_problem(1, 2, 1, 20, 20, 16, 16, (1, 1, 20, 20), decay=True)
+    dev = lambda t: t.to(DEVICE, torch.float32).requires_grad_()  # noqa: E731
+
+    def f(q, k, v, m, s):
+        o, _ = dense.dense_linear_attention(q, k, v, m, decay=s, scale=0.5)
+        return o
+
+    ins = [dev(p[n]) for n in ("q", "k", "v", "mask", "decay")]
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    o1 = compiled(*ins)
+    g1 = torch.autograd.grad(o1.sum(), ins)
+    o2 = f(*ins)
+    g2 = torch.autograd.grad(o2.sum(), ins)
+    torch.testing.assert_close(o1, o2)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_fake_tensor_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 4, 7, 5)
+        k = torch.empty(2, 2, 9, 5)
+        v = torch.empty(2, 2, 9, 3)
+        o = torch.ops.linattn.dense_fwd(q, k, v, None, None, False, 1.0)
+        assert o.shape == (2, 4, 7, 3)
+
+
+def test_backend_declaration_and_routing():
+    b = linattn.get_backend(BACKEND)
+    assert b is dense.DENSE_BACKEND
+    assert b.mask_kinds == frozenset(MASK_KINDS)
+    assert b.max_head_dim == 256 and b.auto_rank == {} and b.state and b.mask_grad and b.slopes_grad
+    assert torch.float64 not in b.dtypes
+    # the `triton` backend sends dense-mask requests here
+    p = make_problem(1, 2, 1, 9, 9, 4, 4, (1, 1, 9, 9))
+    q, k, v, m = (p[n].to(DEVICE, torch.float32) for n in ("q", "k", "v", "mask"))
+    torch.testing.assert_close(
+        linattn.linear_attention(q, k, v, m, backend="triton"),
+        linattn.linear_attention(q, k, v, m, backend=BACKEND),
+    )
+
+
+def test_bad_inputs_say_expected_and_got():
+    q = torch.randn(1, 1, 4, 3, dtype=torch.float64, device=DEVICE)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32, got torch.float64"):
+        dense.dense_linear_attention(q, q, q)
+    q = torch.randn(1, 1, 4, 257, device=DEVICE)
+    with pytest.raises(ValueError, match="up to 256, got D=257"):
+        dense.dense_linear_attention(q, q, q)
+    with pytest.raises(linattn.UnsupportedRequest, match="exceed 256"):
+        linattn.linear_attention(q, q, q, backend=BACKEND)
