@@ -1,0 +1,534 @@
+r"""Linear-time Triton kernels for no mask, causal and decay (Lightning Attention), with autograd.
+
+What this computes (one (sequence, head), λ = exp(-s), s = 0 for plain causal):
+
+    S_i = λ S_{i-1} + k_iᵀ v_i         o_i = scale · q_i S_i        S_{-1} = initial state
+
+and, without a mask, o = scale · q (kᵀ v). The kernels evaluate it chunk by chunk (the
+derivation is in ``chunk_fwd.py``; the backward pass and the slopes' gradient are derived
+in ``chunk_bwd.py``). This module plans the launch (tile sizes, how to cut sequences into
+splits), wraps the kernels as ``torch.library`` custom ops so they work under
+``torch.compile``, and connects forward and backward.
+
+Layers, bottom up:
+
+    chunk_fwd.py / chunk_bwd.py   Triton kernels
+    _forward / _backward          launchers: allocate, plan, launch
+    linattn::chunk_fwd / _bwd     custom ops (+ register_fake, register_autograd)
+    chunk_linear_attention        the entry point the ``triton`` backend calls
+
+Choosing a schedule. The fused schedule (one split per sequence) reads q, k, v once and
+writes o once, but has only B·H·⌈E/BV⌉ programs, too few for, say, B=1 H=16 N=32768 on
+132 SMs. Cutting sequences into splits buys parallelism at the price of reading k and v
+once more. The default takes the fused schedule when there are at least ``2·SMs``
+programs and otherwise cuts sequences so that there are; everything is overridable per
+call (``chunk_config(...)``) or per process (``LINATTN_CHUNK="split=1024,fwd_bv=32"``) so
+one GPU run can time the alternatives. See ``ChunkConfig`` for the knobs.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+
+from . import common
+from .common import HAVE_TRITON
+
+__all__ = ["chunk_linear_attention", "ChunkConfig", "chunk_config", "current_config"]
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Tile sizes and schedule for the chunk kernels; 0 means "choose by heuristic".
+
+    chunk        tokens per chunk BT (64 on a GPU, 16 under the interpreter)
+    split        tokens per split, forward (a multiple of ``chunk``); -1: one split per
+                 sequence (the fused schedule); 0: heuristic
+    bwd_split    the same for the backward pass
+    fwd_bv       output kernel: E channels per program (it holds all of D)
+    fwd_warps, fwd_stages        num_warps / num_stages of the output kernel
+    state_bk, state_bv, state_warps   the split-state kernel's tile and warps
+    bwd_bk       dq and dk kernels: D channels per program (they hold all of E)
+    bwd_bv       dv kernel: E channels per program (it holds all of D)
+    bwd_warps, bwd_stages        num_warps / num_stages of the three backward kernels
+    """
+
+    chunk: int = 0
+    split: int = 0
+    bwd_split: int = 0
+    fwd_bv: int = 0
+    fwd_warps: int = 0
+    fwd_stages: int = 0
+    state_bk: int = 0
+    state_bv: int = 0
+    state_warps: int = 0
+    bwd_bk: int = 0
+    bwd_bv: int = 0
+    bwd_warps: int = 0
+    bwd_stages: int = 0
+
+
+_local = threading.local()
+_ENV = "LINATTN_CHUNK"
+
+
+def _env_config() -> ChunkConfig:
+    text = os.environ.get(_ENV, "").strip()
+    if not text:
+        return ChunkConfig()
+    names = {f.name for f in fields(ChunkConfig)}
+    kw = {}
+    for item in text.split(","):
+        key, sep, val = item.partition("=")
+        key = key.strip()
+        if not sep or key not in names:
+            raise ValueError(
+                f"{_ENV} must be comma-separated name=int pairs with names in {sorted(names)}, got {text!r}"
+            )
+        kw[key] = int(val)
+    return ChunkConfig(**kw)
+
+
+def current_config() -> ChunkConfig:
+    """The configuration in force: ``chunk_config`` overrides on top of ``$LINATTN_CHUNK``."""
+    return getattr(_local, "config", None) or _env_config()
+
+
+@contextlib.contextmanager
+def chunk_config(**overrides):
+    """Run the block with some ``ChunkConfig`` fields overridden (for timing variants).
+
+    >>> with chunk_config(split=-1, fwd_bv=32):   # fused schedule, 32 channels per program
+    ...     o = linattn.linear_attention(q, k, v, decay=slopes, backend="triton")
+    """
+    old = getattr(_local, "config", None)
+    _local.config = replace(old or _env_config(), **overrides)
+    try:
+        yield _local.config
+    finally:
+        _local.config = old
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small, so that tests see several splits
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _pow2(n: int) -> int:
+    return common.next_pow2_tile(n)
+
+
+# -- planning a launch ------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """How a call is cut: BT tokens per chunk, NCS chunks per split, TS splits in all."""
+
+    BT: int
+    NCS: int
+    NS: int  # splits per sequence (uniform batches; unused with varlen)
+    TS: int  # splits in all
+    n_seq: int
+    split_index: Optional[torch.Tensor]  # [TS, 2] int32 (sequence, split) for varlen
+    split_offsets: Optional[torch.Tensor]  # [n_seq + 1] int64 first split of each sequence
+
+    @property
+    def single(self) -> bool:
+        """One split per sequence: no boundary states needed."""
+        return self.TS == self.n_seq
+
+
+def _chunk_size(cfg: ChunkConfig) -> int:
+    if cfg.chunk:
+        if cfg.chunk < 16 or cfg.chunk & (cfg.chunk - 1):
+            raise ValueError(f"chunk must be a power of two >= 16, got {cfg.chunk}")
+        return cfg.chunk
+    return 16 if common.INTERPRET else 64
+
+
+def _plan(N: int, n_seq: int, lengths: Optional[list], programs_per_split: int,
+          split: int, BT: int, device) -> _Plan:
+    """Cut every sequence into splits of NCS chunks.
+
+    ``programs_per_split``: programs one split launches summed over heads and channel
+    slices; the heuristic wants about two programs per SM.
+    """
+    NT = max(1, math.ceil((N if lengths is None else max(lengths + [1])) / BT))
+    if split > 0:
+        NCS = max(1, split // BT)
+    elif split < 0:
+        NCS = NT
+    else:
+        progs = programs_per_split * n_seq
+        want = 2 * _sm_count(device)
+        if progs >= want:
+            NCS = NT
+        else:
+            avg = N / BT if lengths is None else sum(lengths) / max(1, n_seq) / BT
+            splits = math.ceil(want / max(1, progs))
+            NCS = max(4 if not common.INTERPRET else 1, math.ceil(avg / splits))
+            NCS = min(NCS, NT)
+    if lengths is None:
+        NS = math.ceil(NT / NCS)
+        return _Plan(BT, NCS, NS, n_seq * NS, n_seq, None, None)
+    per = [max(1, math.ceil(t / (NCS * BT))) for t in lengths]
+    idx = [(n, s) for n, c in enumerate(per) for s in range(c)]
+    offsets = [0]
+    for c in per:
+        offsets.append(offsets[-1] + c)
+    split_index = torch.tensor(idx, dtype=torch.int32).to(device, non_blocking=True)
+    split_offsets = torch.tensor(offsets, dtype=torch.int64).to(device, non_blocking=True)
+    return _Plan(BT, NCS, 1, len(idx), n_seq, split_index, split_offsets)
+
+
+def _lengths(cu_seqlens: Optional[torch.Tensor]) -> Optional[list]:
+    if cu_seqlens is None:
+        return None
+    cu = cu_seqlens.tolist()
+    return [b - a for a, b in zip(cu, cu[1:])]
+
+
+def _dot_flags(dtype: torch.dtype) -> dict:
+    return dict(
+        PRECISION=common.dot_precision(dtype) if dtype != torch.float64 else "ieee",
+        UPCAST=common.UPCAST_DOTS and dtype in (torch.float16, torch.bfloat16),
+    )
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# -- the split-state pass (forward S at split starts, or backward G at split ends) ------------
+
+
+def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv: int,
+                     reverse: bool, causal: bool, scale: float, cfg: ChunkConfig,
+                     total_heads: Optional[int] = None):
+    """Run ``chunk_state_kernel`` + ``chunk_scan_kernel``.
+
+    causal: returns [TS, HS, DX, DY] states at the split boundaries (S entering each split,
+    or in ``reverse`` G leaving it). Not causal: returns [n_seq, HS, DX, DY], the sum over
+    the whole sequence (kᵀv, or scale·qᵀdo in ``reverse``).
+    """
+    from .chunk_fwd import chunk_scan_kernel, chunk_state_kernel
+
+    DX, DY = x.shape[-1], y.shape[-1]
+    BK = cfg.state_bk or min(64, _pow2(DX))
+    BV = cfg.state_bv or min(64, _pow2(DY))
+    NK, NV = math.ceil(DX / BK), math.ceil(DY / BV)
+    sdt = _state_dtype(x.dtype)
+    hs = torch.empty(plan.TS, HS, DX, DY, device=x.device, dtype=sdt)
+    varlen = cu_seqlens is not None
+    decay = slopes is not None
+    N = x.shape[2]
+    chunk_state_kernel[(plan.TS * HS * NK * NV,)](
+        x, y, slopes, hs, plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS,
+        HS=HS, XDIV=xdiv, DX=DX, DY=DY, BT=plan.BT, BK=BK, BV=BV,
+        DECAY=decay, REVERSE=reverse, IS_VARLEN=varlen, SKIP_UNUSED=causal,
+        num_warps=cfg.state_warps or 4, **_dot_flags(x.dtype),
+    )
+    ht = None if causal else torch.empty(plan.n_seq, HS, DX, DY, device=x.device, dtype=sdt)
+    chunk_scan_kernel[(plan.n_seq * HS * NK * NV,)](
+        hs, h0, ht, slopes, plan.split_offsets, cu_seqlens, N, plan.NCS * plan.BT, plan.NS,
+        HS=HS, DX=DX, DY=DY, BK=BK, BV=BV, CAUSAL=causal, DECAY=decay, REVERSE=reverse,
+        USE_INITIAL_STATE=h0 is not None, IS_VARLEN=varlen, num_warps=cfg.state_warps or 4,
+    )
+    return hs if causal else ht
+
+
+# -- forward ---------------------------------------------------------------------------------------
+
+
+def _fwd_tiles(D: int, E: int, cfg: ChunkConfig):
+    BK = _pow2(D)
+    BV = cfg.fwd_bv or min(_pow2(E), 64 if BK <= 128 else 32)
+    warps = cfg.fwd_warps or (4 if BK * BV <= 128 * 64 else 8)
+    stages = cfg.fwd_stages or 2
+    return BK, BV, warps, stages
+
+
+def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output_final_state: bool):
+    """Launch the forward pass; returns (o, final state or None)."""
+    from .chunk_fwd import chunk_fwd_kernel_o
+
+    cfg = current_config()
+    B, H, N, D = q.shape
+    Hkv, E = k.shape[1], v.shape[-1]
+    G = H // Hkv
+    n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    BT = _chunk_size(cfg)
+    BK, BV, warps, stages = _fwd_tiles(D, E, cfg)
+    NV = math.ceil(E / BV)
+    plan = _plan(N, n_seq, _lengths(cu_seqlens), H * NV, cfg.split, BT, q.device)
+    sdt = _state_dtype(q.dtype)
+    o = torch.empty(B, H, N, E, device=q.device, dtype=q.dtype)
+    ht = torch.empty(n_seq, H, D, E, device=q.device, dtype=sdt) if output_final_state else None
+
+    if not causal:  # o = scale · q (kᵀv), kᵀv per k/v head
+        h_init = _boundary_states(k, v, None, None, plan, cu_seqlens, HS=Hkv, xdiv=1,
+                                  reverse=False, causal=False, scale=1.0, cfg=cfg)
+        hdiv = G
+    elif plan.single:
+        h_init, hdiv = h0, 1
+    else:
+        h_init = _boundary_states(k, v, slopes, h0, plan, cu_seqlens, HS=H, xdiv=G,
+                                  reverse=False, causal=True, scale=1.0, cfg=cfg)
+        hdiv = 1
+    chunk_fwd_kernel_o[(plan.TS * H * NV,)](
+        q, k, v, o, slopes, h_init, ht, plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS,
+        H=H, G=G, HDIV=hdiv, D=D, E=E, BT=BT, BK=BK, BV=BV,
+        CAUSAL=causal, DECAY=slopes is not None, USE_INIT=h_init is not None,
+        STORE_FINAL_STATE=ht is not None, IS_VARLEN=cu_seqlens is not None,
+        F64=q.dtype == torch.float64, num_warps=warps, num_stages=stages, **_dot_flags(q.dtype),
+    )
+    return o, ht
+
+
+# -- backward --------------------------------------------------------------------------------------
+
+
+def _bwd_tiles(D: int, E: int, slope_grad: bool, cfg: ChunkConfig):
+    BKf, BE = _pow2(D), _pow2(E)
+    if common.INTERPRET:
+        BK = cfg.bwd_bk or 16
+        BV = cfg.bwd_bv or 16
+    else:
+        BK = cfg.bwd_bk or min(BKf, 64 if BE <= 128 and not slope_grad else 32)
+        BV = cfg.bwd_bv or min(BE, 64 if BKf <= 128 else 32)
+    warps = cfg.bwd_warps or (4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
+    stages = cfg.bwd_stages or 2
+    return BK, BV, BKf, BE, warps, stages
+
+
+def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
+              slope_grad: bool, state_grad: bool):
+    """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None)."""
+    from .chunk_bwd import chunk_bwd_kernel_dk, chunk_bwd_kernel_dq, chunk_bwd_kernel_dv
+
+    cfg = current_config()
+    B, H, N, D = q.shape
+    Hkv, E = k.shape[1], v.shape[-1]
+    G = H // Hkv
+    n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    BT = _chunk_size(cfg)
+    slope_grad = slope_grad and slopes is not None
+    BK, BV, BKf, BE, warps, stages = _bwd_tiles(D, E, slope_grad, cfg)
+    NK, NV = math.ceil(D / BK), math.ceil(E / BV)
+    plan = _plan(N, n_seq, _lengths(cu_seqlens), H * (2 * NK + NV), cfg.bwd_split, BT, q.device)
+    varlen = cu_seqlens is not None
+    decay = slopes is not None
+    sdt = _state_dtype(q.dtype)
+
+    if not causal:
+        h_init = _boundary_states(k, v, None, None, plan, cu_seqlens, HS=Hkv, xdiv=1,
+                                  reverse=False, causal=False, scale=1.0, cfg=cfg)
+        dh_end = _boundary_states(q, do, None, None, plan, cu_seqlens, HS=H, xdiv=1,
+                                  reverse=True, causal=False, scale=scale, cfg=cfg)
+        hdiv = G
+    elif plan.single:
+        h_init, dh_end, hdiv = h0, dht, 1
+    else:
+        h_init = _boundary_states(k, v, slopes, h0, plan, cu_seqlens, HS=H, xdiv=G,
+                                  reverse=False, causal=True, scale=1.0, cfg=cfg)
+        dh_end = _boundary_states(q, do, slopes, dht, plan, cu_seqlens, HS=H, xdiv=1,
+                                  reverse=True, causal=True, scale=scale, cfg=cfg)
+        hdiv = 1
+
+    kv_dtype = q.dtype if G == 1 else sdt  # GQA: per-query-head buffers summed afterwards
+    dq = torch.empty_like(q)
+    dk = torch.empty(B, H, N, D, device=q.device, dtype=kv_dtype)
+    dv = torch.empty(B, H, N, E, device=q.device, dtype=kv_dtype)
+    dh0 = torch.empty(n_seq, H, D, E, device=q.device, dtype=sdt) if (state_grad and h0 is not None) else None
+    ds_part = torch.empty(plan.TS * H * NK, device=q.device, dtype=sdt) if slope_grad else None
+    common_kw = dict(H=H, G=G, D=D, E=E, BT=BT, CAUSAL=causal, DECAY=decay, IS_VARLEN=varlen,
+                     F64=q.dtype == torch.float64, num_warps=warps, num_stages=stages,
+                     **_dot_flags(q.dtype))
+    runtime = (plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS)
+    chunk_bwd_kernel_dq[(plan.TS * H * NK,)](
+        q, k, v, do, dq, slopes, h_init, dh_end, ds_part, *runtime,
+        HDIV=hdiv, BK=BK, BE=BE, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
+        SLOPE_GRAD=slope_grad, **common_kw,
+    )
+    chunk_bwd_kernel_dk[(plan.TS * H * NK,)](
+        q, v, do, dk, slopes, dh_end, dh0, *runtime,
+        BK=BK, BE=BE, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **common_kw,
+    )
+    chunk_bwd_kernel_dv[(plan.TS * H * NV,)](
+        q, k, do, dv, slopes, dh_end, *runtime,
+        BK=BKf, BV=BV, USE_DH=dh_end is not None, **common_kw,
+    )
+    if G > 1:  # sum each group's heads, in a fixed order
+        dk = dk.view(B, Hkv, G, N, D).sum(2).to(q.dtype)
+        dv = dv.view(B, Hkv, G, N, E).sum(2).to(q.dtype)
+    ds = ds_part.view(plan.TS, H, NK).sum((0, 2)) if slope_grad else None
+    return dq, dk, dv, ds, dh0
+
+
+# -- custom ops --------------------------------------------------------------------------------------
+
+_EMPTY = (0,)
+
+
+@torch.library.custom_op("linattn::chunk_fwd", mutates_args=())
+def _chunk_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    slopes: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    causal: bool, scale: float, output_final_state: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    o, ht = _forward(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state)
+    if ht is None:
+        ht = q.new_empty(_EMPTY, dtype=_state_dtype(q.dtype))
+    return o, ht
+
+
+@_chunk_fwd_op.register_fake
+def _(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state):
+    B, H, N, _ = q.shape
+    D, E = q.shape[-1], v.shape[-1]
+    sdt = _state_dtype(q.dtype)
+    o = q.new_empty(B, H, N, E)
+    if not output_final_state:
+        return o, q.new_empty(_EMPTY, dtype=sdt)
+    n_seq = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    return o, q.new_empty(n_seq, H, D, E, dtype=sdt)
+
+
+@torch.library.custom_op("linattn::chunk_bwd", mutates_args=())
+def _chunk_bwd_op(
+    do: torch.Tensor, dht: Optional[torch.Tensor],
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    slopes: Optional[torch.Tensor], initial_state: Optional[torch.Tensor],
+    cu_seqlens: Optional[torch.Tensor],
+    causal: bool, scale: float, slope_grad: bool, state_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dq, dk, dv, ds, dh0 = _backward(do, dht, q, k, v, slopes, initial_state, cu_seqlens,
+                                    causal, scale, slope_grad, state_grad)
+    sdt = _state_dtype(q.dtype)
+    if ds is None:
+        ds = q.new_empty(_EMPTY, dtype=sdt)
+    if dh0 is None:
+        dh0 = q.new_empty(_EMPTY, dtype=sdt)
+    return dq, dk, dv, ds, dh0
+
+
+@_chunk_bwd_op.register_fake
+def _(do, dht, q, k, v, slopes, initial_state, cu_seqlens, causal, scale, slope_grad, state_grad):
+    sdt = _state_dtype(q.dtype)
+    ds = slopes.new_empty(slopes.shape) if (slope_grad and slopes is not None) else q.new_empty(_EMPTY, dtype=sdt)
+    dh0 = (initial_state.new_empty(initial_state.shape) if (state_grad and initial_state is not None)
+           else q.new_empty(_EMPTY, dtype=sdt))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), ds, dh0
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state = inputs
+    ctx.save_for_backward(q, k, v, slopes, initial_state, cu_seqlens)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward_rule(ctx, do, dht):
+    q, k, v, slopes, initial_state, cu_seqlens = ctx.saved_tensors
+    if dht is not None and dht.numel() == 0:
+        dht = None
+    slope_grad = slopes is not None and ctx.needs_input_grad[3]
+    state_grad = initial_state is not None and ctx.needs_input_grad[4]
+    dq, dk, dv, ds, dh0 = _chunk_bwd_op(
+        do.contiguous(), None if dht is None else dht.contiguous(), q, k, v, slopes,
+        initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad,
+    )
+    return (dq, dk, dv, ds if slope_grad else None, dh0 if state_grad else None,
+            None, None, None, None)
+
+
+torch.library.register_autograd("linattn::chunk_fwd", _backward_rule, setup_context=_setup_context)
+
+
+# -- the entry point ---------------------------------------------------------------------------------
+
+
+def _check(q, k, v, causal, decay, scale, initial_state, cu_seqlens):
+    """Cheap checks for direct callers (``linattn.linear_attention`` validates fully)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"{name} must be a 4-D tensor, got {got}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"q, k, v must share a floating dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, N, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or v.shape[:3] != k.shape[:3] or H % max(1, k.shape[1]):
+        raise ValueError(
+            f"expected q [B, H, N, D], k [B, Hkv, N, D], v [B, Hkv, N, E] with Hkv dividing H, "
+            f"got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if k.shape[2] != N:
+        raise ValueError(f"the chunk kernels need as many keys as queries, got N={N}, M={k.shape[2]}")
+    if max(D, v.shape[3]) > 256:
+        raise ValueError(f"head dims up to 256 are supported, got D={D}, E={v.shape[3]}")
+    if decay is not None and tuple(decay.shape) != (H,):
+        raise ValueError(f"decay slopes must have shape [H]=[{H}], got {tuple(decay.shape)}")
+    if (initial_state is not None or cu_seqlens is not None) and not (causal or decay is not None):
+        raise ValueError("initial_state and cu_seqlens need causal=True or decay slopes")
+    if cu_seqlens is not None and (B != 1 or cu_seqlens.dim() != 1):
+        raise ValueError(f"cu_seqlens needs B == 1 and a 1-D tensor, got q {tuple(q.shape)}, cu_seqlens {tuple(cu_seqlens.shape)}")
+    n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    if initial_state is not None and tuple(initial_state.shape) != (n_seq, H, D, v.shape[3]):
+        raise ValueError(
+            f"initial_state must have shape {(n_seq, H, D, v.shape[3])}, got {tuple(initial_state.shape)}"
+        )
+
+
+def chunk_linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    decay: Optional[torch.Tensor] = None,
+    scale: float = 1.0,
+    initial_state: Optional[torch.Tensor] = None,
+    output_final_state: bool = False,
+    cu_seqlens: Optional[torch.Tensor] = None,
+):
+    """Linear attention without a dense mask, in O(N) time and memory, by Triton kernels.
+
+    Args:
+        q (torch.Tensor): queries `[B, H, N, D]`, float16/bfloat16/float32/float64.
+        k (torch.Tensor): keys `[B, Hkv, N, D]`, `Hkv` dividing `H` (never expanded).
+        v (torch.Tensor): values `[B, Hkv, N, E]`. `D, E <= 256`, any size.
+        causal (bool): causal mask; `False` with no decay means `o = scale · q (kᵀ v)`.
+        decay (torch.Tensor, optional): slopes `[H]`, `>= 0`; implies causal. Default: `None`.
+        scale (float): multiplies the output. Default: `1.0`.
+        initial_state (torch.Tensor, optional): `[B, H, D, E]` (`[S, H, D, E]` with
+            cu_seqlens), float32 (float64 for float64 inputs). Default: `None`.
+        output_final_state (bool): also return the state after the last token.
+        cu_seqlens (torch.Tensor, optional): int64 `[S+1]` offsets of packed sequences
+            along N (B == 1); the state restarts at each. Default: `None`.
+
+    Returns:
+        `(o [B, H, N, E] in q's dtype, final_state [B|S, H, D, E] or None)`.
+        Gradients flow to q, k, v, decay and initial_state.
+    """
+    common.require()
+    _check(q, k, v, causal, decay, scale, initial_state, cu_seqlens)
+    causal = bool(causal) or decay is not None
+    sdt = _state_dtype(q.dtype)
+    slopes = None if decay is None else decay.to(sdt).contiguous()
+    h0 = None if initial_state is None else initial_state.to(sdt).contiguous()
+    cu = None if cu_seqlens is None else cu_seqlens.to(torch.int64).contiguous()
+    o, ht = _chunk_fwd_op(
+        q.contiguous(), k.contiguous(), v.contiguous(), slopes, h0, cu,
+        causal, float(scale), bool(output_final_state) and causal,
+    )
+    return o, (ht if output_final_state and causal else None)
