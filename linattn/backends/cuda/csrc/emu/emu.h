@@ -1,0 +1,144 @@
+// A CPU emulator for the kernels, for tests on machines without a GPU.
+//
+// Each block runs as NT real threads (std::thread) that meet at a std::barrier on every
+// __syncthreads(); blocks run one after another; dynamic shared memory is refilled with NaN
+// bytes before every block, so a kernel that reads shared memory it never wrote produces NaN.
+// nvcuda::wmma is emulated by giving every lane a full copy of the 16 x 16 fragment (float
+// math); load/store check the pointer alignment (32 bytes) and ldm rules of the real API, and
+// only lane 0 stores, so a missing barrier after a store shows up as stale data.
+// What this cannot catch: bank conflicts, register pressure, real races between warps that
+// the barrier hides; compute-sanitizer (gpu/cuda_sanitize.sh) covers those on a GPU.
+#pragma once
+#define LINATTN_EMULATE 1
+
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <vector_types.h>
+
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+// cuda_fp16.h already defined __global__, __device__, __host__ and __forceinline__ as
+// host-compiler-friendly no-ops; __launch_bounds__ is not one.
+#undef __launch_bounds__
+#define __launch_bounds__(...)
+
+namespace emu {
+inline thread_local dim3 tidx;
+inline thread_local dim3 bidx;
+inline dim3 bdim, gdim;
+inline std::barrier<>* bar = nullptr;
+inline unsigned char* dyn = nullptr;
+inline std::atomic<int> error{0};
+inline char error_msg[256] = {0};
+
+inline void fail(const char* msg) {
+  int expected = 0;
+  if (error.compare_exchange_strong(expected, 1)) std::snprintf(error_msg, sizeof(error_msg), "%s", msg);
+}
+}  // namespace emu
+
+#define threadIdx (emu::tidx)
+#define blockIdx (emu::bidx)
+#define blockDim (emu::bdim)
+#define gridDim (emu::gdim)
+#define LINATTN_DYN_SMEM(name) unsigned char* name = emu::dyn
+
+inline void __syncthreads() { emu::bar->arrive_and_wait(); }
+
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  float x[16][16];
+};
+
+template <class F>
+inline void fill_fragment(F& f, float v) {
+  for (auto& row : f.x)
+    for (auto& e : row) e = v;
+}
+
+inline float as_float(float v) { return v; }
+inline float as_float(__half v) { return __half2float(v); }
+inline float as_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+inline void check_ptr(const void* p, unsigned ldm, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) emu::fail("wmma pointer is not 32-byte aligned");
+  if ((ldm * elem) % 16 != 0) emu::fail("wmma ldm is not a multiple of 16 bytes");
+}
+
+template <class Use, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  check_ptr(p, ldm, sizeof(T));
+  constexpr bool col = std::is_same<Layout, col_major>::value;
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.x[r][c] = as_float(col ? p[c * ldm + r] : p[r * ldm + c]);
+}
+
+template <class TA, class LA, class TB, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, TA, LA>& a,
+                     const fragment<matrix_b, 16, 16, 16, TB, LB>& b,
+                     const fragment<accumulator, 16, 16, 16, float>& c) {
+  float out[16][16];
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      float s = c.x[r][n];
+      for (int k = 0; k < 16; ++k) s += a.x[r][k] * b.x[k][n];
+      out[r][n] = s;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  check_ptr(p, ldm, sizeof(float));
+  if (emu::tidx.x % 32 != 0) return;  // one lane writes; the others must wait at a barrier
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) (layout == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[r][c];
+}
+}  // namespace wmma
+}  // namespace nvcuda
+
+namespace emu {
+template <class... P, class... A>
+void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+  const unsigned nt = block.x * block.y * block.z;
+  const long long nblocks = (long long)grid.x * grid.y * grid.z;
+  std::vector<unsigned char> buf(smem + 128);
+  unsigned char* base = buf.data() + (128 - reinterpret_cast<uintptr_t>(buf.data()) % 128) % 128;
+  dyn = base;
+  bdim = block;
+  gdim = grid;
+  std::barrier<> b(nt);
+  bar = &b;
+  std::vector<std::thread> threads;
+  for (unsigned t = 0; t < nt; ++t) {
+    threads.emplace_back([&, t] {
+      tidx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+      for (long long blk = 0; blk < nblocks; ++blk) {
+        if (t == 0) std::memset(base, 0xFF, smem);  // NaN everywhere
+        bidx = dim3(blk % grid.x, (blk / grid.x) % grid.y, blk / ((long long)grid.x * grid.y));
+        b.arrive_and_wait();
+        kernel(args...);
+        b.arrive_and_wait();
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  bar = nullptr;
+}
+}  // namespace emu
