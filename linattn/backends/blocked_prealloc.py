@@ -110,7 +110,11 @@ class _Weights:
         b = torch.arange(bm, device=device, dtype=dtype)
         self.local = (a[:, None] - b[None, :])[:, None, :]  # (bn, 1, bm): a - b
         self.dist = torch.empty_like(self.local)  # (bn, 1, bm): i - j of the current tile
-        self.keep = torch.empty(self.local.shape, dtype=torch.bool, device=device)  # j <= i
+        self.future = torch.empty(self.local.shape, dtype=torch.bool, device=device)  # j > i
+        # 0-d tensors for i0 - j0 and 0: a Python number given to add/lt would be wrapped
+        # into a fresh tensor on every call (fill_ and masked_fill_ take numbers as they are).
+        self.offset = torch.zeros((), dtype=dtype, device=device)
+        self.zero = torch.zeros((), dtype=dtype, device=device)
         self.F = self.Mt = self.W = None
         if decay is not None:
             self.F = torch.empty(1, Hkv, bn, G, bm, dtype=dtype, device=device)
@@ -129,19 +133,19 @@ class _Weights:
         crosses = j0 + bm - 1 > i0
         F = None
         if self.sg is not None:
-            torch.add(self.local, i0 - j0, out=self.dist)  # (bn, 1, bm)
+            torch.add(self.local, self.offset.fill_(i0 - j0), out=self.dist)  # (bn, 1, bm)
             if crosses:
-                torch.ge(self.dist, 0, out=self.keep)
+                torch.lt(self.dist, self.zero, out=self.future)
                 self.dist.clamp_(min=0)
             torch.mul(self.sg, self.dist, out=self.F)  # (1, Hkv, bn, G, bm)
             self.F.neg_().exp_()  # exp(-s (i - j))
             if crosses:
-                self.F.mul_(self.keep)
+                self.F.masked_fill_(self.future, 0.0)
             F = self.F
         elif self.causal and crosses:
-            torch.add(self.local, i0 - j0, out=self.dist)
-            torch.ge(self.dist, 0, out=self.keep)
-            self.F.copy_(self.keep.view(self.F.shape))  # (1, 1, bn, 1, bm)
+            torch.add(self.local, self.offset.fill_(i0 - j0), out=self.dist)
+            torch.lt(self.dist, self.zero, out=self.future)
+            self.F.fill_(1.0).masked_fill_(self.future.view(self.F.shape), 0.0)  # (1, 1, bn, 1, bm)
             F = self.F
         if self.Mt is None:
             return F, F
