@@ -177,7 +177,7 @@ def decode_step(
         raise ValueError("inplace=True cannot overwrite a leaf state that requires grad")
 
     step = None
-    if backend != "torch":
+    if backend == "triton" or (backend == "auto" and q3.device.type == "cuda"):
         from .backends.triton import common
 
         why = common.unavailable()
@@ -188,8 +188,6 @@ def decode_step(
             raise BackendUnavailable(
                 f"decode_step(backend='triton'): {why or 'linattn.backends.triton.decode is not available'}"
             )
-        if backend == "auto" and q3.device.type != "cuda":
-            step = None
 
     if step is not None:
         o, new = step(q3, k3, v3, state, decay=decay, scale=scale)

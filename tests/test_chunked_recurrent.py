@@ -483,3 +483,23 @@ def test_decode_step_triton_on_cpu_is_a_clear_error_and_auto_falls_back():
     if common.unavailable() is not None:
         with pytest.raises(linattn.BackendUnavailable, match="triton"):
             linattn.decode_step(q, k, v, state, backend="triton")
+
+
+@pytest.mark.parametrize("use", ["o", "S"])
+def test_gradient_of_one_output_only(use):
+    """Only o (or only the final state) feeds the loss: the other cotangent arrives as None."""
+    q, k, v, s, S0 = _problem(1, 4, 2, 45, 6, 5, seed=17)
+    ins = (q, k, v, s, S0)
+    grads = []
+    for fn in (_chunked(16), _reference):
+        o, S = fn(q, k, v, decay=s, initial_state=S0, output_final_state=True)
+        g = torch.autograd.grad((o if use == "o" else S).sin().sum(), ins, allow_unused=True)
+        grads.append([torch.zeros_like(t) if d is None else d for t, d in zip(ins, g)])
+    for a, b in zip(*grads):
+        assert _max_rel(a, b) < 1e-11
+
+
+def test_direct_call_causal_needs_square():
+    q, k, v, s, _ = _problem(1, 2, 1, 8, 4, 4, M=9)
+    with pytest.raises(ValueError, match="N=8"):
+        chunked_linear_attention(q, k, v, decay=s)

@@ -67,8 +67,9 @@ four places λ appears, so this is the whole derivative (the reference's
 ds = -Σ (i-j) dW ⊙ W, regrouped by chunk). For ``causal`` the same code runs with s = 0.
 
 MQA/GQA: k and v are expanded to H heads with ``expand_kv`` inside the forward and the
-backward (a temporary copy the size of q, never saved), and dk, dv are summed back over
-each group. The "none" mask (non-causal) needs no chunks at all: o = scale · q (kᵀ v),
+backward (temporary copies, never saved; the decay weights differ per query head, so
+k ⊙ λ_h^(L-1-b) is [B, H, N, D] whatever we do), and dk, dv are summed back over each
+group. The "none" mask (non-causal) needs no chunks at all: o = scale · q (kᵀ v),
 computed per k/v head without expansion, with autograd (it keeps only q, k, v, kᵀv).
 """
 from __future__ import annotations
@@ -325,6 +326,11 @@ def chunked_linear_attention(
         return _none_mask(q, k, v, scale), None
 
     B, H, N, D = q.shape
+    if k.shape[2] != N:
+        raise ValueError(
+            f"causal and decay masks need as many queries as keys, got N={N} (q {tuple(q.shape)}) "
+            f"and M={k.shape[2]} (k {tuple(k.shape)})"
+        )
     C = max(1, min(chunk_size, N))
     s = decay if decay is not None else q.new_zeros(H, dtype=state_dtype(q.dtype))
     o, S = _ChunkedDecay.apply(q, k, v, s, initial_state, float(scale), C)
