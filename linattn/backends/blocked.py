@@ -73,7 +73,7 @@ from ._tiles import (
 
 __all__ = ["blocked_linear_attention", "blocked_forward", "BACKEND"]
 
-DEFAULT_BLOCK = 128
+DEFAULT_BLOCK = 256
 
 
 def _offsets(n: int, block: int):
@@ -236,7 +236,7 @@ def blocked_linear_attention(
         q, k, v, mask, causal, decay, scale, initial_state, output_final_state, cu_seqlens:
             as in :func:`linattn.linear_attention` (q `[B, H, N, D]`, k `[B, Hkv, M, D]`,
             v `[B, Hkv, M, E]`, mask broadcastable to `[B|1, H|1, N, M]`).
-        block_size (int): tile edge for both queries and keys. Default: `128`.
+        block_size (int): tile edge for both queries and keys. Default: `256`.
         block_size_n, block_size_m (int, optional): query / key tile edges, overriding
             `block_size`. Default: `None`.
 
