@@ -177,6 +177,18 @@ def test_half_within_band_of_same_dtype_formula(case, dtype):
         assert err <= band, f"{name}: error {err:.3e} outside band {band:.3e} (naive {dtype} error x4)"
 
 
+@pytest.mark.parametrize("mask_shape", [None, (1, 1, 90, 90), (1, 4, 90, 90)], ids=["nomask", "m1x1", "m1x4"])
+def test_steep_and_zero_slopes(mask_shape):
+    """Slopes 0 (plain causal), 0.05, 2 and 9: with s = 9 only ~12 keys behind each query
+    survive float32 underflow, so most tiles are skipped by the decay horizon; results and
+    every gradient must still match float64."""
+    p = make_problem(1, 4, 2, 90, 90, 16, 16, mask_shape, decay=True, seed=3)
+    p["decay"] = torch.tensor([0.0, 0.05, 2.0, 9.0], dtype=torch.float64)
+    got = run(p, torch.float32, BACKEND)
+    want = run(p, torch.float64, "reference", device="cpu")
+    check_float32(got, want)
+
+
 # -- state (causal/decay without a dense mask) -------------------------------------------------
 
 @pytest.mark.parametrize("decay", [False, True], ids=["causal", "decay"])

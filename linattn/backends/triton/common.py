@@ -60,12 +60,24 @@ def require() -> None:
 UPCAST_DOTS = INTERPRET
 
 
+_FP32_DOTS = ("ieee", "tf32x3", "tf32")
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` for ``tl.dot``: full float32 products unless the caller opted in
-    to TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it."""
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
-    return "tf32"
+    to TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it.
+
+    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides the float32 choice
+    (tf32x3: three TF32 products per product, close to float32 accuracy on tensor cores).
+    """
+    if dtype != torch.float32:
+        return "tf32"
+    forced = os.environ.get("LINATTN_TRITON_FP32_DOT")
+    if forced:
+        if forced not in _FP32_DOTS:
+            raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
+        return forced
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
 def next_pow2_tile(n: int, minimum: int = 16) -> int:

@@ -21,7 +21,8 @@ Three kernels, launched only for the gradients that are needed:
   dM summed over the broadcast dimensions without a per-head dM ever existing.
 
 Causal/decay: the dq walk stops at the diagonal, the dk/dv walk starts there, and the
-dM kernel writes zeros above it without computing anything.
+dM kernel writes zeros above it without computing anything. Decay also ends both walks
+where the weights underflow to 0 in float32 (``decay_horizon``).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ if HAVE_TRITON:
     import triton.language as tl
 
     from .common import dot
-    from .dense_fwd import _autotuned, causal_decay
+    from .dense_fwd import _autotuned, causal_decay, decay_horizon
 
 __all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
 
@@ -113,7 +114,13 @@ if HAVE_TRITON:
         p_v = v + o_m[:, None] * E + o_e[None, :]  # [BM, BE]
         p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
         p_dm = dm + o_n[:, None] * M + o_m[None, :]  # [BN, BM]
-        for j0 in range(0, hi, BM):
+        lo = 0
+        if DECAY and not NEED_DM:  # underflowed tiles add nothing to dq or ds (dM must still be written)
+            lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
+            p_k += lo.to(tl.int64) * D
+            p_v += lo.to(tl.int64) * E
+            p_m += lo.to(tl.int64) * stride_mm
+        for j0 in range(lo, hi, BM):
             m_m = (j0 + o_m) < M
             m_nm = m_n[:, None] & m_m[None, :]
             b_k = tl.load(p_k, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
@@ -124,7 +131,7 @@ if HAVE_TRITON:
             # -- W = M ⊙ C
             if CAUSAL:
                 b_dist = (i0 + o_n)[:, None] - (j0 + o_m)[None, :]  # [BN, BM]  i - j
-                b_c = causal_decay(b_dist, b_s, DECAY)  # [BN, BM]
+                b_c = causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)  # [BN, BM]
             if HAS_MASK:
                 b_m = tl.load(p_m, mask=m_nm, other=0.0).to(tl.float32)  # [BN, BM]
                 if CAUSAL:
@@ -200,7 +207,10 @@ if HAVE_TRITON:
             p_do = do + (i_bh.to(tl.int64) * N + lo) * E + o_n[:, None] * E + o_e[None, :]  # [BN, BE]
             p_mt = (m + i_b.to(tl.int64) * stride_mb + tl.cast(i_h, tl.int64) * stride_mh + j0.to(tl.int64) * stride_mm
                     + lo * stride_mn + o_m[:, None] * stride_mm + o_n[None, :] * stride_mn)  # [BM, BN]  Mᵀ tile
-            for i0 in range(lo, N, BN):
+            hi = N
+            if DECAY:  # no query block whose weights all underflow
+                hi = tl.minimum(j0 + BM + decay_horizon(b_s), N * 1.0).to(tl.int32)
+            for i0 in range(lo, hi, BN):
                 m_n = (i0 + o_n) < N
                 m_mn = m_m[:, None] & m_n[None, :]
                 b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
@@ -209,7 +219,7 @@ if HAVE_TRITON:
                 b_at = dot(b_k, tl.trans(b_q), PRECISION, UPCAST)  # [BM, BN]
                 # -- Wᵀ
                 if CAUSAL:
-                    b_ct = causal_decay((i0 + o_n)[None, :] - (j0 + o_m)[:, None], b_s, DECAY)  # [BM, BN]
+                    b_ct = causal_decay(i0 + o_n, j0 + o_m, j0 + BM, i0 >= j0 + BM, b_s, DECAY, True)  # [BM, BN]
                 if HAS_MASK:
                     b_mt = tl.load(p_mt, mask=m_mn, other=0.0).to(tl.float32)  # [BM, BN]
                     if CAUSAL:
@@ -287,7 +297,7 @@ if HAVE_TRITON:
                     b_s = tl.load(s + i_h).to(tl.float32)
                 else:
                     b_s = 0.0
-                b_dm += b_dp * b_a * causal_decay((i0 + o_n)[:, None] - (j0 + o_m)[None, :], b_s, DECAY)
+                b_dm += b_dp * b_a * causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)
             else:
                 b_dm += b_dp * b_a
 

@@ -9,7 +9,9 @@ keys in blocks of BM. Per key block it forms the score tile, weights it and accu
 
 where C[i, j] = exp(-s_h (i - j)) for j <= i and 0 above the diagonal (s_h = 0 for plain
 causal). Nothing of size N×M is ever written: the extra memory is O(1) per program.
-Causal and decay stop the key loop at the diagonal, so the fully masked tiles are skipped.
+Causal and decay stop the key loop at the diagonal, so the fully masked tiles are skipped;
+decay also starts it where exp(-s (i - j)) stops underflowing to 0 in float32, and
+factorises the weights of tiles below the diagonal (see ``causal_decay``).
 
 There is no softmax, hence no running max or rescaling: the output is a plain sum of
 tile products. For 16-bit inputs the weighted tile A ⊙ W is rounded to the input dtype
@@ -77,12 +79,38 @@ def mask_strides(mask: Optional[torch.Tensor]) -> tuple:
 if HAVE_TRITON:
 
     @triton.jit
-    def causal_decay(d, b_s, DECAY: tl.constexpr):
-        """C = exp(-s d) where d = i - j >= 0, else 0 (s = 0: plain causal). Any tile shape."""
-        if DECAY:
-            return tl.where(d >= 0, tl.exp(-b_s * d.to(tl.float32)), 0.0)
+    def causal_decay(i_idx, j_idx, pivot, below, b_s, DECAY: tl.constexpr, KEYS_FIRST: tl.constexpr):
+        """The causal/decay factor C[i, j] = exp(-s (i - j)) for j <= i, else 0 (s = 0: causal).
+
+        ``i_idx`` [BI] and ``j_idx`` [BJ] are absolute row and column indices; the tile is
+        [BI, BJ], or [BJ, BI] when ``KEYS_FIRST``. When ``below`` (every i >= pivot >= every
+        j: the tile lies wholly below the diagonal) the decay factorises as
+        exp(-s (i - pivot)) · exp(-s (pivot - j)), both factors in (0, 1]: BI + BJ
+        exponentials instead of BI·BJ, and no overflow.
+        """
+        if KEYS_FIRST:
+            d = i_idx[None, :] - j_idx[:, None]  # [BJ, BI]
         else:
-            return tl.where(d >= 0, 1.0, 0.0)
+            d = i_idx[:, None] - j_idx[None, :]  # [BI, BJ]
+        if DECAY:
+            if below:
+                c_i = tl.exp(-b_s * (i_idx - pivot).to(tl.float32))  # [BI]
+                c_j = tl.exp(-b_s * (pivot - j_idx).to(tl.float32))  # [BJ]
+                if KEYS_FIRST:
+                    c = c_j[:, None] * c_i[None, :]
+                else:
+                    c = c_i[:, None] * c_j[None, :]
+            else:
+                c = tl.where(d >= 0, tl.exp(-b_s * tl.maximum(d, 0).to(tl.float32)), 0.0)  # no inf above
+        else:
+            c = tl.where(d >= 0, 1.0, 0.0)
+        return c
+
+    @triton.jit
+    def decay_horizon(b_s):
+        """Distance past which exp(-s d) is exactly 0 in float32 (e^-104 is below the
+        smallest subnormal): tiles farther from the diagonal are skipped, not computed."""
+        return 104.0 / tl.maximum(b_s, 1e-30)
 
     @triton.jit
     def _dense_fwd_kernel(
@@ -128,7 +156,13 @@ if HAVE_TRITON:
         p_k = k + o_m[:, None] * D + o_d[None, :]  # [BM, BD] pointers, advanced per block
         p_v = v + o_m[:, None] * E + o_e[None, :]  # [BM, BE]
         p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
-        for j0 in range(0, hi, BM):
+        lo = 0
+        if DECAY:  # decay: no key block whose weights all underflow
+            lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
+            p_k += lo.to(tl.int64) * D
+            p_v += lo.to(tl.int64) * E
+            p_m += lo.to(tl.int64) * stride_mm
+        for j0 in range(lo, hi, BM):
             m_m = (j0 + o_m) < M
             b_k = tl.load(p_k, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
             b_v = tl.load(p_v, mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
@@ -136,7 +170,7 @@ if HAVE_TRITON:
             b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
             # -- weights
             if CAUSAL:
-                b_a *= causal_decay((i0 + o_n)[:, None] - (j0 + o_m)[None, :], b_s, DECAY)  # [BN, BM]
+                b_a *= causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)  # [BN, BM]
             if HAS_MASK:
                 b_m = tl.load(p_m, mask=m_n[:, None] & m_m[None, :], other=0.0)  # [BN, BM]
                 b_a *= b_m.to(tl.float32)
