@@ -21,7 +21,7 @@ import torch
 from linattn.bench.roofline import roofline as make_roofline
 from linattn.bench.runner import Settings, Skip, run_case
 from linattn.bench.shapes import PROFILES, default_profile, select_shapes
-from linattn.bench.targets import baseline_targets, linattn_targets
+from linattn.bench.targets import baseline_targets, decode_step_targets, linattn_targets
 from linattn.bench.timing import machine_info
 
 
@@ -82,6 +82,8 @@ def pytest_generate_tests(metafunc):
     which = getattr(mod, "BENCH_TARGETS", "linattn")
     if which == "linattn":
         targets = linattn_targets(_csv(config.getoption("--linattn-backends")))
+        if decode:
+            targets += decode_step_targets()
     elif which == "baselines":
         targets = [] if config.getoption("--linattn-no-baselines") else baseline_targets()
     else:
@@ -92,6 +94,30 @@ def pytest_generate_tests(metafunc):
         for t in targets
     ]
     metafunc.parametrize(("target", "shape"), params)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run every target of one shape in a row, shapes in registry order, forward first.
+
+    Inputs and the float64 reference are then computed once per shape, and a run cut
+    short by --linattn-deadline loses whole shapes at the end rather than one pass.
+    """
+    from linattn.bench.shapes import SHAPES
+
+    order = {s: i for i, s in enumerate(SHAPES)}
+
+    def ours(item):
+        cs = getattr(item, "callspec", None)
+        return cs is not None and "shape" in cs.params and "target" in cs.params
+
+    def key(item):
+        cs = item.callspec
+        p = cs.params.get("pass_", getattr(item.module, "BENCH_PASS", "fwd"))
+        return (order.get(cs.params["shape"], len(order)), p != "fwd", cs.params["target"].name)
+
+    slots = [i for i, item in enumerate(items) if ours(item)]  # other suites keep their places
+    for i, item in zip(slots, sorted((items[i] for i in slots), key=key)):
+        items[i] = item
 
 
 @pytest.fixture(scope="session")
@@ -122,7 +148,8 @@ def settings(request) -> Settings:
         budget_s=config.getoption("--linattn-budget") or budget,
         min_rounds=lo,
         max_rounds=hi,
-        warmup_rounds=0 if smoke else 1,
+        # the checked first call and the memory call warm up already; a GPU gets one more round
+        warmup_rounds=1 if dev == "cuda" and not smoke else 0,
         rounds=config.getoption("--linattn-rounds"),
         memory_limit=mem_limit,
         deadline=None if deadline is None else config._linattn_t0 + deadline,

@@ -11,7 +11,7 @@ Profiles select a subset (``--linattn-shapes=PROFILE`` or ``LINATTN_BENCH_SHAPES
            when pytest runs without ``--benchmark-only``: every benchmark runs and
            checks its answer, quickly.
 ``cpu``    small float32 problems for a 2-core CPU (a few minutes in all): N sweeps
-           128..1024, the seed's example at batch 2, a decode step.
+           128..1024, the seed's example at batch 1, a decode step.
 ``quick``  the GPU set gpu/bench.py runs inside its time budget.
 ``gpu``    the full registry for one GPU: the seed's example, TransNormerLLM training
            shapes, N sweeps to 32768, long sequences, decode.
@@ -132,8 +132,8 @@ SHAPES: list[Shape] = [
     # -- the seed's README example: B16 H12 N1024 D64, a dense 0/1 mask [1, 1, N, N], float32
     Shape("seed", B=16, H=12, N=1024, D=64, E=64, mask="dense", profiles=frozenset(_P_QUICK),
           note="the seed's README example"),
-    Shape("seed-b2", B=2, H=12, N=1024, D=64, E=64, mask="dense", profiles=frozenset({"cpu", "all"}),
-          note="the seed's example at batch 2, sized for a CPU"),
+    Shape("seed-b1", B=1, H=12, N=1024, D=64, E=64, mask="dense", profiles=frozenset({"cpu", "all"}),
+          note="the seed's example at batch 1, sized for a CPU"),
     # -- CPU scaling families (float32, one batch of 4 heads)
     *_family("cpu-decay", (128, 256, 512, 1024), ("cpu", "all"), B=1, H=4, D=64, E=64, mask="decay"),
     *_family("cpu-dense", (128, 256, 512, 1024), ("cpu", "all"), B=1, H=4, D=64, E=64, mask="dense"),
@@ -219,29 +219,31 @@ def make_inputs(shape: Shape, device, *, requires_grad: bool = False, seed: int 
 
     q and k are scaled by ``D**-0.5`` so that outputs stay O(1) in low precision, as the
     seed recommends for float16; the slopes are the canonical TransNormerLLM ones (layer
-    0 of 24). The generator runs on the CPU so every device sees the same numbers.
+    0 of 24). The numbers come from a generator on ``device`` (fast for large shapes), so
+    they are reproducible per device type.
     """
     from ..slopes import tnl_slopes
 
-    g = torch.Generator().manual_seed(seed)
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
     dt = shape.torch_dtype
     B, H, Hkv, N, D, E = shape.B, shape.H, shape.kv_heads, shape.N, shape.D, shape.E
 
     def rnd(*size, scale=1.0):
-        t = (torch.randn(*size, generator=g, dtype=torch.float32) * scale).to(device=device, dtype=dt)
-        return t.requires_grad_(requires_grad)
+        t = torch.randn(*size, generator=g, device=device, dtype=torch.float32) * scale
+        return t.to(dt).requires_grad_(requires_grad)
 
     q = rnd(B, H, N, D, scale=D ** -0.5)  # (B, H, N, D)
     k = rnd(B, Hkv, N, D, scale=D ** -0.5)  # (B, Hkv, N, D)
     v = rnd(B, Hkv, N, E)  # (B, Hkv, N, E)
     mask = None
     if shape.mask.startswith("dense"):
-        mask = torch.randint(0, 2, (1, 1, N, N), generator=g).to(device=device, dtype=dt)  # (1, 1, N, N)
+        mask = torch.randint(0, 2, (1, 1, N, N), generator=g, device=device).to(dt)  # (1, 1, N, N)
     slopes = tnl_slopes(H, 0, 24, device=device) if shape.mask.endswith("decay") else None
     state = None
     if shape.decode:
         sdt = torch.float64 if dt == torch.float64 else torch.float32
-        state = (torch.randn(B, H, D, E, generator=g) * 0.1).to(device=device, dtype=sdt)  # (B, H, D, E)
-    do = torch.randn(B, H, N, E, generator=g).to(device=device, dtype=dt)  # (B, H, N, E)
+        state = (torch.randn(B, H, D, E, generator=g, device=device) * 0.1).to(sdt)  # (B, H, D, E)
+    do = torch.randn(B, H, N, E, generator=g, device=device).to(dt)  # (B, H, N, E)
     causal = shape.mask in ("causal", "decay", "dense+causal", "dense+decay")  # decay implies causal
     return Inputs(q, k, v, mask, slopes, causal, state, do)

@@ -9,6 +9,8 @@ registry and appear in the next run with no edit here.
   backend's and not the validation's (``linear_attention`` checks ``slopes >= 0`` with
   one device sync per call). Requests a backend cannot serve are skipped with
   ``Backend.unsupported``'s reason.
+* ``decode_step:<torch|triton>`` — :func:`linattn.decode_step`, the public one-token
+  step (validation included), for decode shapes.
 * ``fla:chunk_simple_gla`` — fla's chunked simple-GLA in its own layout ``[B, T, H, D]``
   with ``g_gamma = -slopes`` (decode: ``fused_recurrent_simple_gla``).
 * ``lightning_attn:lightning_attn2`` — Lightning Attention-2's Triton kernels, layout
@@ -29,11 +31,18 @@ import torch
 from .._registry import LINEAR_KINDS, Backend, list_backends
 from .shapes import Inputs, Shape
 
-__all__ = ["Target", "linattn_targets", "baseline_targets", "all_targets", "PYTHON_LOOP_LIMITS"]
+__all__ = [
+    "Target",
+    "linattn_targets",
+    "decode_step_targets",
+    "baseline_targets",
+    "all_targets",
+    "PYTHON_LOOP_LIMITS",
+]
 
-#: Backends that loop over tokens or blocks in Python: past these sequence lengths one
-#: call takes seconds on any device and the point says nothing new, so it is skipped.
-PYTHON_LOOP_LIMITS = {"recurrent": 4096, "blocked": 8192}
+#: Backends that loop over tokens or blocks in Python, and the longest N timed for each
+#: (CPU, GPU): past these one call takes seconds and the point says nothing new.
+PYTHON_LOOP_LIMITS = {"recurrent": (512, 4096), "blocked": (1024, 8192)}
 
 
 @dataclass
@@ -70,7 +79,8 @@ def _linattn_target(b: Backend) -> Target:
             return f"{b.name}: {why}"
         if device == "cpu" and b.name.startswith("triton"):
             return f"{b.name}: runs under the Triton interpreter on the CPU, which is a correctness tool, not a timing"
-        for prefix, limit in PYTHON_LOOP_LIMITS.items():
+        for prefix, limits in PYTHON_LOOP_LIMITS.items():
+            limit = limits[0] if device == "cpu" else limits[1]
             if b.name.startswith(prefix) and shape.N > limit:
                 return f"{b.name}: loops in Python; N={shape.N} > {limit} takes seconds per call"
         return None
@@ -109,6 +119,43 @@ def linattn_targets(names=None) -> list[Target]:
             raise ValueError(f"unknown backends {sorted(unknown)}; registered: {sorted(known)}")
         backends = [b for b in backends if b.name in set(names)]
     return [_linattn_target(b) for b in backends]
+
+
+def _decode_step_target(which: str) -> Target:
+    def why_not(shape: Shape, device: str, pass_: str) -> Optional[str]:
+        try:
+            from .. import decode_step  # noqa: F401
+        except ImportError:
+            return "linattn.decode_step is not available"
+        if not shape.decode:
+            return "decode_step times decode shapes only"
+        if pass_ != "fwd":
+            return "decode is timed forward only"
+        if which == "triton":
+            from ..backends.triton import common
+
+            why = common.unavailable()
+            if why is not None:
+                return f"decode_step(backend='triton'): {why}"
+            if device == "cpu":
+                return "decode_step(backend='triton') on the CPU runs the Triton interpreter, not a timing"
+        return None
+
+    def build(shape: Shape, x: Inputs, pass_: str):
+        from .. import decode_step
+
+        def step():
+            o, _ = decode_step(x.q, x.k, x.v, x.state, decay=x.slopes, scale=1.0, backend=which)
+            return o  # [B, H, 1, E] for rank-4 q
+
+        return step
+
+    return Target(f"linattn:decode_step_{which}", "linattn", lambda s: "recurrent", why_not, build)
+
+
+def decode_step_targets() -> list[Target]:
+    """:func:`linattn.decode_step` with each of its backends."""
+    return [_decode_step_target("torch"), _decode_step_target("triton")]
 
 
 # ----------------------------------------------------------------------------- baselines
