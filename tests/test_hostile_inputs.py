@@ -824,3 +824,37 @@ def test_hostile_layouts_give_the_contiguous_answer(backend, kind):
             scale = e.abs().max().item() or 1.0
             torch.testing.assert_close(r.double(), e, rtol=tol["rtol"], atol=tol["atol"] * scale,
                                        msg=lambda m, lab=lab, name=name: f"{backend} {kind} {name}: {lab}: {m}")
+
+
+# -- 6. every failure the fuzz campaigns found stays pinned ----------------------------------
+
+
+def _failure_files():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return sorted((root / "fuzz" / "failures").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _failure_files(), ids=lambda p: p.stem)
+def test_fuzz_failure_replays(path):
+    """fuzz/failures/*.json: "fixed" ones must pass again; the others are known and explained
+    (their notes say why) and stay expected failures until fixed."""
+    import json
+    import sys
+
+    root = str(path.parent.parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from fuzz.campaign import replay
+
+    entry = json.loads(path.read_text())
+    b = linattn.get_backend(entry["backend"])
+    if b.available() is not None:
+        pytest.skip(f"{b.name}: {b.available()}")
+    ok, msg = replay(path)
+    if entry.get("status") != "fixed":
+        if ok:
+            pytest.xfail(f"[{entry.get('status')}] passes now: mark it fixed. {entry.get('notes', '')[:200]}")
+        pytest.xfail(f"[{entry.get('status')}] {entry.get('notes', '')[:300]}")
+    assert ok, msg
