@@ -1,0 +1,165 @@
+"""What every backend is compared with: the float64 oracle, the formula in the problem's
+own dtype, and the size of the terms each quantity sums.
+
+For one :class:`~linattn.testing.problem.Problem` :func:`evaluate` computes three outcomes:
+
+``oracle``
+    ``linattn.backends.reference`` (``backend="reference"`` through the public API) on
+    float64 copies of the problem's tensors — the exact answer for the inputs the backend
+    saw (they are already rounded to the problem's dtype; float64 holds them exactly).
+
+``naive``
+    the reference formula evaluated in the problem's dtype X itself (:func:`naive_in_dtype`):
+    the N×N products ``A = q kᵀ`` and ``P = A ⊙ W`` and ``o = P v`` are formed in X with
+    torch's own X kernels, the mask factors (causal, decay) are computed in float32 and
+    rounded to X, the state products take operands in X and accumulate in the state dtype
+    (float32), and autograd runs through all of it in the same dtypes. Its error against the
+    oracle is what "the plain formula in X" loses; a backend in X is judged against it.
+    For float64 problems it is the oracle itself (error 0), and is not computed.
+
+``terms``
+    for each quantity, the root-sum-square of the terms it is a sum of, e.g. for ``o``
+    ``T[b,h,i,e] = sqrt( Σ_{j,d} (scale · q_id k_jd W_ij v_je)² )``. Every quantity is a
+    multilinear form in (q, k, v, mask, initial state, do, d(final state)) with the decay
+    factors exp(-s·x), so the float64 reference run on the *squared* problem (every tensor
+    squared, scale², slopes doubled so that W becomes W²) returns exactly these sums of
+    squares; for the slopes, whose terms carry an extra factor (i-j), the sums of squares
+    are the second derivative of that run with respect to the doubled slopes
+    (d²/ds² exp(-s x) = x² exp(-s x)). ``terms`` is the scale against which rounding is
+    measured when a quantity cancels to ~0 (see :mod:`linattn.testing.bands`).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._api import linear_attention
+from ..backends._common import effective_mask, expand_kv, state_dtype
+from .problem import Outcome, Problem, ProblemTensors
+
+__all__ = ["Evaluation", "evaluate", "naive_in_dtype", "oracle_fn", "terms_outcome"]
+
+oracle_fn = functools.partial(linear_attention, backend="reference")
+oracle_fn.__doc__ = "linear_attention(..., backend='reference'): the oracle, run on float64 copies."
+
+
+@dataclass
+class Evaluation:
+    """The oracle, the formula in X, and the term sizes for one problem."""
+
+    problem: Problem
+    oracle: Outcome  # float64
+    naive: Optional[Outcome]  # in the problem's dtypes; None for float64 problems
+    terms: Outcome  # float64, >= 0, same shapes as oracle
+
+
+def _as_float64(t: ProblemTensors) -> ProblemTensors:
+    return t.map(lambda name, x: x.to(torch.float64))
+
+
+def evaluate(problem: Problem) -> Evaluation:
+    """Compute :class:`Evaluation` for ``problem`` (on its own device)."""
+    t64 = _as_float64(problem.tensors)
+    oracle = problem.run(oracle_fn, t64)
+    naive = None
+    if problem.dtype != "float64":
+        naive = problem.run(naive_in_dtype, problem.tensors)
+    terms = terms_outcome(problem, t64)
+    return Evaluation(problem, oracle, naive, terms)
+
+
+def terms_outcome(problem: Problem, t64: Optional[ProblemTensors] = None) -> Outcome:
+    """Root-sum-square of the summed terms of every quantity (see the module docstring)."""
+    if t64 is None:
+        t64 = _as_float64(problem.tensors)
+    sq = t64.map(lambda name, x: 2.0 * x if name == "slopes" else x * x)
+    sq_problem = problem.replace(scale=problem.scale ** 2)
+    if "slopes" not in problem.grads:
+        res = sq_problem.run(oracle_fn, sq)
+    else:
+        # The run gives Σ x·(terms²) for ds; its derivative in the doubled slopes is the sum
+        # of squares Σ x²·(terms²) we want. ``leaf`` is a second handle on the slopes that
+        # survives Problem.run's cloning, so the second derivative can reach it.
+        leaf = sq.slopes.detach().clone().requires_grad_(True)
+        res = sq_problem.run(_with_slopes_leaf(leaf), sq, create_graph=True)
+        (d2,) = torch.autograd.grad(res["dslopes"].sum(), leaf, allow_unused=True)
+        res["dslopes"] = torch.zeros_like(leaf) if d2 is None else d2
+    out = Outcome()
+    for name, x in res.items():
+        x = x.detach()
+        out[name] = x.clamp(min=0).sqrt() if name != "dslopes" else x.abs().sqrt()
+    return out
+
+
+def _with_slopes_leaf(slopes_leaf: torch.Tensor):
+    """The oracle, but with ``decay`` replaced by ``slopes_leaf`` so that a second
+    derivative can reach it (``Problem.run`` clones its leaves)."""
+
+    def fn(q, k, v, mask=None, **kw):
+        s = kw["decay"]  # the clone Problem.run differentiates; same value, both get ds
+        kw["decay"] = s + (slopes_leaf - slopes_leaf.detach())
+        return oracle_fn(q, k, v, mask, **kw)
+
+    return fn
+
+
+def _powers(slopes: torch.Tensor, n: int, offset: int, dtype) -> torch.Tensor:
+    """[1, H, n, 1] of λ^(t + offset), λ = exp(-s), computed in ``dtype``."""
+    t = torch.arange(n, device=slopes.device, dtype=dtype) + offset
+    return torch.exp(-slopes.to(dtype)[None, :, None, None] * t[None, None, :, None])
+
+
+def naive_in_dtype(
+    q, k, v, mask=None, *, causal=False, decay=None, scale=1.0,
+    initial_state=None, output_final_state=False, cu_seqlens=None,
+):
+    """The reference formula with every N×N product formed in q's dtype X.
+
+    Same signature and result as :func:`linattn.linear_attention`. Used only to measure
+    the error the plain formula makes in X (see the module docstring); never an oracle.
+    """
+    if cu_seqlens is not None:
+        bounds = cu_seqlens.tolist()
+        outs, states = [], []
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            r = naive_in_dtype(
+                q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None, causal=causal, decay=decay,
+                scale=scale, initial_state=None if initial_state is None else initial_state[i:i + 1],
+                output_final_state=output_final_state,
+            )
+            o_i, s_i = r if output_final_state else (r, None)
+            outs.append(o_i)
+            states.append(s_i)
+        o = torch.cat(outs, dim=2)
+        return (o, torch.cat(states, 0)) if output_final_state else o
+
+    X = q.dtype
+    sdt = state_dtype(X)
+    wdt = torch.float64 if X == torch.float64 else torch.float32
+    B, H, N, D = q.shape
+    M = k.shape[2]
+    causal = causal or decay is not None
+    kx, vx = expand_kv(k, H), expand_kv(v, H)  # (B, H, M, D), (B, H, M, E)
+    A = q @ kx.transpose(-1, -2)  # (B, H, N, M) formed in X
+    W = effective_mask(N, M, None, causal, decay, wdt, q.device)  # causal/decay factor, float32
+    if W is not None:
+        W = W.to(X)
+    if mask is not None:
+        m4 = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+        W = m4 if W is None else W * m4  # in X
+    P = A if W is None else A * W  # (B, H, N, M) in X
+    o = (P @ vx) * scale  # (B, H, N, E) in X
+    if initial_state is not None:
+        qs = q if decay is None else (q.to(wdt) * _powers(decay, N, 1, wdt)).to(X)  # q_i λ^(i+1)
+        o = o + (qs @ initial_state.to(X)) * scale
+    if not output_final_state:
+        return o
+    ks = kx if decay is None else (kx.to(wdt) * _powers(decay, M, 0, wdt).flip(2)).to(X)  # k_j λ^(N-1-j)
+    final = ks.to(sdt).transpose(-1, -2) @ vx.to(sdt)  # (B, H, D, E) in the state dtype
+    if initial_state is not None:
+        s0 = initial_state.to(sdt)
+        final = final + (s0 if decay is None else torch.exp(-decay.to(sdt) * N)[None, :, None, None] * s0)
+    return o, final
