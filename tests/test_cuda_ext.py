@@ -16,11 +16,7 @@ gpu/cuda_sanitize.sh (compute-sanitizer memcheck and racecheck).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -85,20 +81,23 @@ NVCC = loader.nvcc_path()
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
-def test_kernel_sources_compile_for_sm90(tmp_path):
+@pytest.mark.parametrize("src", [
+    "kernels_f32.cu",  # the FFMA engine
+    "kernels_bf16.cu",  # the wmma engine
+    pytest.param("kernels_f16.cu", marks=pytest.mark.slow),  # the wmma engine again, for __half
+])
+def test_kernel_sources_compile_for_sm90(src, tmp_path):
     """nvcc -c for sm_90 with the flags torch.utils.cpp_extension adds; no warnings allowed."""
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
-    procs = []
-    for src in ("kernels_f32.cu", "kernels_f16.cu", "kernels_bf16.cu"):
-        cmd = [NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_90,code=sm_90", *COMMON_NVCC_FLAGS,
-               "-I", str(loader.CSRC), "-c", str(loader.CSRC / src), "-o", str(tmp_path / (src + ".o"))]
-        procs.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
-    for src, p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, f"{src} failed to compile:\n{out[-3000:]}"
-        assert "warning" not in out.lower(), f"{src} compiled with warnings:\n{out[-3000:]}"
-        assert (tmp_path / (src + ".o")).stat().st_size > 0
+    obj = tmp_path / (src + ".o")
+    cmd = [NVCC, "-std=c++17", "-O3", "-gencode=arch=compute_90,code=sm_90", *COMMON_NVCC_FLAGS,
+           "-I", str(loader.CSRC), "-c", str(loader.CSRC / src), "-o", str(obj)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"{src} failed to compile:\n{out[-3000:]}"
+    assert "warning" not in out.lower(), f"{src} compiled with warnings:\n{out[-3000:]}"
+    assert obj.stat().st_size > 0
 
 
 # -- the kernels, under the CPU emulator --------------------------------------------------------
@@ -277,6 +276,6 @@ def test_emulated_kernels_pass_the_harness_bands():
 
     backend = linattn.Backend(name="cuda_emulated", fn=fn, description="cuda kernels on the emulator",
                               devices=frozenset({"cpu"}), dtypes=BACKEND.dtypes, max_head_dim=256)
-    rep = linattn.testing.check_backend(backend, devices=("cpu",), max_examples=4,
+    rep = check_backend(backend, devices=("cpu",), max_examples=4,
                                         properties=["forward", "backward"], max_n=70, max_h=4, max_b=2)
     assert all(p.status == "pass" for p in rep.properties), [(p.property, p.status, p.message) for p in rep.properties]
