@@ -29,7 +29,9 @@ above the diagonal:
 
 The intra-chunk part is a small reference (L×L scores) and is computed for all chunks
 at once; the inter-chunk part is one [L, D]·[D, E] product per chunk, also batched;
-only the state update runs as a loop over the N/C chunks. Cost O(N·C·D + N·D·E)
+only the state update runs as a loop over the N/C chunks. To batch, the code pads the
+last chunk with zero rows up to C: zero keys and values add nothing, the padded outputs
+are dropped, and the exponents use the chunk's true length L, so the state stays exact. Cost O(N·C·D + N·D·E)
 instead of O(N²·D); memory O(N·C + (N/C)·D·E) instead of O(N²).
 
 Numerics: every power of λ written above has an exponent >= 0 (a+1, a-b for b <= a,
