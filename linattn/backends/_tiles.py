@@ -355,3 +355,28 @@ def mask_tile(mg: torch.Tensor, i0: int, bn: int, j0: int, bm: int, dtype) -> to
     if t.shape[4] < bm:
         t = pad_dim(t, 4, bm)
     return t
+
+
+def first_order_only(name: str):
+    """Decorate a hand-written ``backward``: refuse ``create_graph=True`` with a clear error.
+
+    The backward is not itself differentiable (``double_backward=False`` in the registry).
+    ``once_differentiable`` alone only objects when a cotangent requires grad; a plain
+    ``grad(o.sum(), q, create_graph=True)`` would otherwise return a gradient silently
+    detached from the graph.
+    """
+    import functools
+
+    def wrap(backward):
+        @functools.wraps(backward)
+        def checked(ctx, *grads):
+            if torch.is_grad_enabled():
+                raise RuntimeError(
+                    f"backend {name!r} has a first-order hand-written backward: double backward "
+                    f"(create_graph=True) is not supported; use backend='reference' for it"
+                )
+            return backward(ctx, *grads)
+
+        return checked
+
+    return wrap

@@ -58,6 +58,7 @@ from ._tiles import (
     check_block,
     compute_inputs,
     finish_grads,
+    first_order_only,
     from_groups,
     mask_groups,
     run_public,
@@ -120,6 +121,7 @@ class _Blocked(torch.autograd.Function):
         return o.to(q.dtype), final
 
     @staticmethod
+    @first_order_only("blocked")
     @once_differentiable
     def backward(ctx, do, dSN):
         q, k, v, mask, decay, S0 = ctx.saved_tensors

@@ -44,6 +44,7 @@ from ._tiles import (
     check_block,
     compute_inputs,
     finish_grads,
+    first_order_only,
     from_groups,
     mask_groups,
     mask_tile,
@@ -103,6 +104,7 @@ class _BlockedIndexed(torch.autograd.Function):
         return o.to(q.dtype), final
 
     @staticmethod
+    @first_order_only("blocked_indexed")
     @once_differentiable
     def backward(ctx, do, dSN):
         q, k, v, mask, decay, S0 = ctx.saved_tensors

@@ -47,6 +47,7 @@ from ._tiles import (
     check_block,
     compute_inputs,
     finish_grads,
+    first_order_only,
     mask_groups,
     run_public,
     slopes_groups,
@@ -209,6 +210,7 @@ class _BlockedPrealloc(torch.autograd.Function):
         return o.to(q.dtype), final
 
     @staticmethod
+    @first_order_only("blocked_prealloc")
     @once_differentiable
     def backward(ctx, do, dSN):
         q, k, v, mask, decay, S0 = ctx.saved_tensors
