@@ -69,7 +69,7 @@ if HAVE_TRITON:
     from .chunk_fwd import (
         chunk_span, intra_decay, key_decay, locate, pow_decay, query_decay, zeros_acc,
     )
-    from .common import dot
+    from .common import dot, to_operand
 
     @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
     def chunk_bwd_kernel_dq(
@@ -124,7 +124,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: do Sᵀ
-            b_dqi = dot(b_do, tl.trans(b_h).to(b_do.dtype), PRECISION, UPCAST)  # [BT, BK]
+            b_dqi = dot(b_do, to_operand(tl.trans(b_h), b_do, UPCAST), PRECISION, UPCAST)  # [BT, BK]
             b_dq = b_dqi
             if CAUSAL:
                 b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -136,11 +136,11 @@ if HAVE_TRITON:
                     b_lam = pow_decay(b_s, L)  # λ^L
                     b_wk = key_decay(b_s, L, BT)  # [BT] λ^(L-1-b)
                     b_dq = b_dqi * b_wq[:, None]
-                b_dq += dot(b_dP.to(b_k.dtype), b_k, PRECISION, UPCAST)
+                b_dq += dot(to_operand(b_dP, b_k, UPCAST), b_k, PRECISION, UPCAST)
                 if SLOPE_GRAD:
                     b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                     b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BT, BT] this slice's share of q kᵀ
-                    b_dqt = dot(b_do, tl.trans(b_tan).to(b_do.dtype), PRECISION, UPCAST)  # [BT, BK] do Ṫᵀ
+                    b_dqt = dot(b_do, to_operand(tl.trans(b_tan), b_do, UPCAST), PRECISION, UPCAST)  # [BT, BK] do Ṫᵀ
                     b_qf = b_q.to(b_dqi.dtype)
                     b_row = (
                         -tl.sum(b_dist * b_dP * b_A, axis=1)
@@ -149,12 +149,12 @@ if HAVE_TRITON:
                     )  # [BT]
                     b_ds += b_row[None, :]
                     # Ṫ ← λ^L (Ṫ - L·S) - kᵀ((L-1-b) λ^(L-1-b) ⊙ v)
-                    b_vx = (b_v * ((L - 1 - o_a) * b_wk)[:, None]).to(b_v.dtype)
+                    b_vx = to_operand(b_v * ((L - 1 - o_a) * b_wk)[:, None], b_v, UPCAST)
                     b_tan = (b_tan - L * b_h) * b_lam - dot(tl.trans(b_k), b_vx, PRECISION, UPCAST)
                 # -- S ← λ^L S + kᵀ (λ^(L-1-b) ⊙ v)
                 if DECAY:
                     b_h = b_h * b_lam
-                    b_v = (b_v * b_wk[:, None]).to(b_v.dtype)
+                    b_v = to_operand(b_v * b_wk[:, None], b_v, UPCAST)
                 b_h += dot(tl.trans(b_k), b_v, PRECISION, UPCAST)
             p_dq = dq + (i_q + o_t[:, None]) * D + o_k[None, :]
             tl.store(p_dq, (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
@@ -219,7 +219,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_v = tl.load(v + (i_kv + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: v Gᵀ, weighted by how much of each key reaches the state
-            b_dk = dot(b_v, tl.trans(b_g).to(b_v.dtype), PRECISION, UPCAST)  # [BT, BK]
+            b_dk = dot(b_v, to_operand(tl.trans(b_g), b_v, UPCAST), PRECISION, UPCAST)  # [BT, BK]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
@@ -228,12 +228,14 @@ if HAVE_TRITON:
                     b_dk = b_dk * key_decay(b_s, L, BT)[:, None]
                 # -- intra-chunk: (dP ⊙ Dm)ᵀ q
                 b_dPt = dot(b_v, tl.trans(b_do), PRECISION, UPCAST) * b_dmt  # [BT, BT] rows b, columns a
-                b_dk += dot(b_dPt.to(b_q.dtype), b_q, PRECISION, UPCAST) * scale
+                b_dk += dot(to_operand(b_dPt, b_q, UPCAST), b_q, PRECISION, UPCAST) * scale
                 # -- G ← λ^L G + scale·(λ^(a+1) ⊙ q)ᵀ do
                 if DECAY:
                     b_g = b_g * pow_decay(b_s, L)
-                    b_q = (b_q * b_wq[:, None]).to(b_q.dtype)
-                b_g += dot(tl.trans(b_q), b_do, PRECISION, UPCAST) * scale
+                    b_qw = to_operand(b_q * b_wq[:, None], b_q, UPCAST)
+                else:
+                    b_qw = b_q
+                b_g += dot(tl.trans(b_qw), b_do, PRECISION, UPCAST) * scale
             p_dk = dk + (i_q + o_t[:, None]) * D + o_k[None, :]
             tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
 
@@ -292,7 +294,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
             # -- inter-chunk: k G, weighted by how much of each key reaches the state
-            b_dv = dot(b_k, b_g.to(b_k.dtype), PRECISION, UPCAST)  # [BT, BV]
+            b_dv = dot(b_k, to_operand(b_g, b_k, UPCAST), PRECISION, UPCAST)  # [BT, BV]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
@@ -301,11 +303,13 @@ if HAVE_TRITON:
                     b_dv = b_dv * key_decay(b_s, L, BT)[:, None]
                 # -- intra-chunk: (A ⊙ Dm)ᵀ do
                 b_At = dot(b_k, tl.trans(b_q), PRECISION, UPCAST) * b_dmt  # [BT, BT] rows b, columns a
-                b_dv += dot(b_At.to(b_do.dtype), b_do, PRECISION, UPCAST) * scale
+                b_dv += dot(to_operand(b_At, b_do, UPCAST), b_do, PRECISION, UPCAST) * scale
                 # -- G ← λ^L G + scale·(λ^(a+1) ⊙ q)ᵀ do
                 if DECAY:
                     b_g = b_g * pow_decay(b_s, L)
-                    b_q = (b_q * b_wq[:, None]).to(b_q.dtype)
-                b_g += dot(tl.trans(b_q), b_do, PRECISION, UPCAST) * scale
+                    b_qw = to_operand(b_q * b_wq[:, None], b_q, UPCAST)
+                else:
+                    b_qw = b_q
+                b_g += dot(tl.trans(b_qw), b_do, PRECISION, UPCAST) * scale
             p_dv = dv + (i_q + o_t[:, None]) * E + o_v[None, :]
             tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])

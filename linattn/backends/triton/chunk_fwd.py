@@ -45,7 +45,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot
+    from .common import dot, to_operand
 
     # -- small pieces shared with the backward kernels ------------------------------------
 
@@ -177,7 +177,7 @@ if HAVE_TRITON:
                     b_w = query_decay(b_s, BT)  # [BT] λ^(a+1)
                 else:
                     b_w = key_decay(b_s, L, BT)  # [BT] λ^(L-1-b)
-                b_y = (b_y * b_w[:, None]).to(b_x.dtype)
+                b_y = to_operand(b_y * b_w[:, None], b_x, UPCAST)
                 b_h = b_h * pow_decay(b_s, L)
             b_h += dot(b_x, b_y, PRECISION, UPCAST)  # [BK, BV]
         if REVERSE:
@@ -224,19 +224,28 @@ if HAVE_TRITON:
         b_h = tl.zeros([BK, BV], dtype=hs.dtype.element_ty)
         if USE_INITIAL_STATE:
             b_h += tl.load(h0 + i_nh * DX * DY + o_kv, mask=m_kv, other=0.0).to(b_h.dtype)
-        for j in range(n_split):
-            if REVERSE:
-                i_s = n_split - 1 - j
-            else:
-                i_s = j
-            p_h = hs + (s_begin + i_s) * HS * DX * DY + i_h * DX * DY + o_kv
-            b_d = tl.load(p_h, mask=m_kv, other=0.0)  # [BK, BV] this split's own part
-            if CAUSAL:
+        if CAUSAL:
+            # the last split's own part is never used (and was not computed)
+            for j in range(n_split - 1):
+                if REVERSE:
+                    i_s = n_split - 1 - j
+                else:
+                    i_s = j
+                p_h = hs + ((s_begin + i_s) * HS + i_h) * DX * DY + o_kv
+                b_d = tl.load(p_h, mask=m_kv, other=0.0)  # [BK, BV] this split's own part
                 tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=m_kv)
                 if DECAY:
                     b_h = b_h * pow_decay(b_s, tl.minimum(SPLIT, T - i_s * SPLIT))
-            b_h += b_d
-        if not CAUSAL:
+                b_h += b_d
+            if REVERSE:
+                i_s = 0
+            else:
+                i_s = n_split - 1
+            p_h = hs + ((s_begin + i_s) * HS + i_h) * DX * DY + o_kv
+            tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=m_kv)
+        else:
+            for j in range(n_split):
+                b_h += tl.load(hs + ((s_begin + j) * HS + i_h) * DX * DY + o_kv, mask=m_kv, other=0.0)
             tl.store(ht + i_nh * DX * DY + o_kv, b_h.to(ht.dtype.element_ty), mask=m_kv)
 
     # -- outputs --------------------------------------------------------------------------
@@ -297,7 +306,7 @@ if HAVE_TRITON:
             p_q = q + (i_q + o_t[:, None]) * D + o_d[None, :]
             b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BK]
             # -- inter-chunk: what the previous chunks left in S
-            b_o = dot(b_q, b_h.to(b_q.dtype), PRECISION, UPCAST)  # [BT, BV]
+            b_o = dot(b_q, to_operand(b_h, b_q, UPCAST), PRECISION, UPCAST)  # [BT, BV]
             if CAUSAL:
                 p_k = k + (i_kv + o_t[:, None]) * D + o_d[None, :]
                 p_v = v + (i_kv + o_t[:, None]) * E + o_e[None, :]
@@ -308,11 +317,11 @@ if HAVE_TRITON:
                 if DECAY:
                     L = tl.minimum(BT, T - i_t * BT)
                     b_o = b_o * b_dq[:, None]
-                    b_vw = (b_v * key_decay(b_s, L, BT)[:, None]).to(b_v.dtype)  # [BT, BV]
+                    b_vw = to_operand(b_v * key_decay(b_s, L, BT)[:, None], b_v, UPCAST)  # [BT, BV]
                     b_h = b_h * pow_decay(b_s, L)
                 else:
                     b_vw = b_v
-                b_o += dot(b_A.to(b_v.dtype), b_v, PRECISION, UPCAST)
+                b_o += dot(to_operand(b_A, b_v, UPCAST), b_v, PRECISION, UPCAST)
                 # -- S_t = λ^L S_{t-1} + kᵀ (λ^(L-1-b) ⊙ v)
                 b_h += dot(tl.trans(b_k), b_vw, PRECISION, UPCAST)  # [BK, BV]
             p_o = o + (i_q + o_t[:, None]) * E + o_e[None, :]

@@ -95,3 +95,20 @@ if HAVE_TRITON:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         else:
             return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def to_operand(x, like, UPCAST: tl.constexpr):
+        """``x`` rounded to ``like``'s dtype, as a dot operand (round to nearest even).
+
+        Under the interpreter (``UPCAST``) Triton 3.9 truncates float32 -> bfloat16 casts
+        (``fp_downcast_rounding`` notwithstanding), where a GPU rounds to nearest: a biased
+        error that shows, e.g., when a decay factor just below 1 should round back to the
+        value it scales. There we round on the bits and keep the result in float32 (the
+        upcast dot takes it as is); on a GPU this is ``x.to(like.dtype)``.
+        """
+        if UPCAST and like.dtype == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.int32, bitcast=True)
+            bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & -65536
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            return x.to(like.dtype)

@@ -1,0 +1,311 @@
+"""The linear-time Triton kernels (``chunk.py``) and the fused decode step (``decode.py``).
+
+Float64 runs check the kernels' logic to ~1e-12 against the float64 reference (the
+kernels compute in float64 then), at awkward sizes: N = 1, 2, chunk ± 1, primes, several
+chunks and splits; D, E = 1, 48, 60; MQA and GQA. Half and single precision are checked
+inside the harness's tolerance bands (``linattn.testing.bands``). Every configuration of
+the schedule is exercised: one split per sequence (the fused schedule) and short splits
+(boundary states from the state kernel and the scan), forward and backward alike.
+
+The kernels run on a CUDA device, or on the CPU under the Triton interpreter when
+TRITON_INTERPRET=1 was set before linattn was imported (tox's interpreter env does so);
+otherwise this module is skipped. Under the interpreter a chunk is 16 tokens and the
+backward kernels take 16-channel slices, so sizes of a few dozen cross many edges.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import linattn
+from linattn.backends.reference import reference_forward
+from linattn.backends.triton import common
+
+if not common.HAVE_TRITON:
+    pytest.skip("triton is not installed", allow_module_level=True)
+if not common.INTERPRET and not torch.cuda.is_available():
+    pytest.skip(
+        "needs a CUDA device, or TRITON_INTERPRET=1 set before linattn is imported "
+        "(e.g. `TRITON_INTERPRET=1 pytest tests/test_triton_chunk.py`)",
+        allow_module_level=True,
+    )
+
+from linattn.backends.triton.chunk import ChunkConfig, chunk_config, chunk_linear_attention, current_config  # noqa: E402
+from linattn.backends.triton.decode import decode_step_reference, fused_decode_step  # noqa: E402
+from linattn.testing.problem import Problem  # noqa: E402
+from linattn.testing.properties import run_property  # noqa: E402
+
+pytestmark = pytest.mark.interpreter
+DEVICE = "cpu" if common.INTERPRET else "cuda"
+BT = 16 if common.INTERPRET else 64  # the chunk length the kernels use here
+
+
+def make(B, H, Hkv, N, D, E, *, kind="decay", state=False, seed=0, slope_scale=0.3):
+    """Random float64 leaves on the CPU and the upstream gradients."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return dict(
+        q=r(B, H, N, D), k=r(B, Hkv, N, D), v=r(B, Hkv, N, E),
+        decay=(0.01 + slope_scale * torch.rand(H, generator=g, dtype=torch.float64)) if kind == "decay" else None,
+        causal=kind != "none",
+        initial_state=r(B, H, D, E) if state else None,
+        do=r(B, H, N, E), dS=r(B, H, D, E) if state else None,
+    )
+
+
+def run(p, fn, dtype=torch.float64, device=DEVICE, grads=True, **kw):
+    """o, final state and grads of <o, do> + <S, dS> for q, k, v, decay, initial_state."""
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    leaves = {}
+    for name in ("q", "k", "v", "decay", "initial_state"):
+        if p[name] is not None:
+            want = dtype if name in "qkv" else sdt
+            leaves[name] = p[name].to(device, want).requires_grad_(grads)
+    state = p["initial_state"] is not None
+    o, S = fn(leaves["q"], leaves["k"], leaves["v"], causal=p["causal"], decay=leaves.get("decay"),
+              scale=0.7, initial_state=leaves.get("initial_state"), output_final_state=state, **kw)
+    out = {"o": o, "S": S}
+    if grads:
+        loss = (o.double() * p["do"].to(device)).sum()
+        if state:
+            loss = loss + (S.double() * p["dS"].to(device)).sum()
+        names = list(leaves)
+        out.update({f"d{n}": g for n, g in zip(names, torch.autograd.grad(loss, [leaves[n] for n in names]))})
+    return {n: (t.detach().double().cpu() if t is not None else None) for n, t in out.items()}
+
+
+def reference(q, k, v, **kw):
+    return reference_forward(q, k, v, None, **kw)
+
+
+def assert_close(got, want, tol):
+    for name, w in want.items():
+        if w is None:
+            assert got[name] is None, name
+            continue
+        assert got[name].shape == w.shape, f"{name}: shape {tuple(got[name].shape)} != {tuple(w.shape)}"
+        err = (got[name] - w).abs().max().item() / max(w.abs().max().item(), 1e-300)
+        assert err < tol, f"{name}: max error {err:.2e} relative to max |{name}| exceeds {tol:g}"
+
+
+# -- float64: the kernels' logic, every mask kind, awkward sizes ---------------------------------
+
+CASES = [
+    # B, H, Hkv, N, D, E, kind
+    (1, 2, 1, 1, 1, 1, "decay"),
+    (1, 2, 2, 2, 5, 3, "causal"),
+    (2, 2, 1, BT - 1, 7, 9, "none"),
+    (1, 4, 2, BT + 1, 48, 20, "decay"),
+    (1, 2, 1, 37, 20, 60, "causal"),
+    (2, 2, 2, 63, 60, 16, "decay"),
+    (1, 4, 1, 65, 16, 48, "none"),
+    (1, 2, 1, 130, 16, 16, "decay"),
+]
+
+
+def _id(c):
+    return "B{}-H{}-Hkv{}-N{}-D{}-E{}-{}".format(*c)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_float64_matches_reference(case):
+    B, H, Hkv, N, D, E, kind = case
+    p = make(B, H, Hkv, N, D, E, kind=kind, state=kind != "none", seed=N)
+    got = run(p, chunk_linear_attention)
+    want = run(p, reference, device="cpu")
+    assert_close(got, want, 1e-10)
+
+
+@pytest.mark.parametrize("split", [BT, 2 * BT, -1], ids=["split1chunk", "split2chunks", "fused"])
+@pytest.mark.parametrize("kind", ["none", "causal", "decay"])
+def test_schedules_agree_with_reference(kind, split):
+    """Fused and split schedules, forward and backward, with GQA, state and a ragged tail."""
+    p = make(2, 4, 2, 3 * BT + 5, 20, 24, kind=kind, state=kind != "none", seed=3)
+    want = run(p, reference, device="cpu")
+    with chunk_config(split=split, bwd_split=split):
+        got = run(p, chunk_linear_attention)
+    assert_close(got, want, 1e-10)
+
+
+def test_tile_overrides_agree():
+    """Non-default channel slices in every kernel (more slices than the defaults)."""
+    p = make(1, 2, 1, 2 * BT + 3, 48, 40, state=True, seed=4)
+    want = run(p, reference, device="cpu")
+    with chunk_config(fwd_bv=16, state_bk=16, state_bv=16, bwd_bk=16, bwd_bv=16, split=BT, bwd_split=2 * BT):
+        got = run(p, chunk_linear_attention)
+    assert_close(got, want, 1e-10)
+
+
+# -- lower precision: inside the harness's bands -------------------------------------------------
+
+LOW = [
+    Problem(B=2, H=4, Hkv=2, N=BT * 2 + 7, M=BT * 2 + 7, D=48, E=20, dtype="bfloat16", mask_kind="decay",
+            slopes="mixed", initial_state=True, final_state=True,
+            grads=("q", "k", "v", "slopes", "initial_state"), seed=11),
+    Problem(B=1, H=2, Hkv=1, N=70, M=70, D=60, E=16, dtype="float16", mask_kind="causal",
+            grads=("q", "k", "v"), seed=12),
+    Problem(B=1, H=2, Hkv=2, N=65, M=65, D=16, E=33, dtype="float32", mask_kind="decay", slopes="tnl",
+            final_state=True, grads=("q", "k", "v", "slopes"), seed=13),
+    Problem(B=2, H=2, Hkv=1, N=40, M=40, D=24, E=8, dtype="bfloat16", mask_kind="none",
+            grads=("q", "k", "v"), seed=14),
+]
+
+
+@pytest.mark.parametrize("problem", LOW, ids=lambda p: f"{p.dtype}-{p.mask_kind}-N{p.N}")
+def test_low_precision_within_bands(problem):
+    res = run_property("backward", "triton", dataclasses.replace(problem, device=DEVICE))
+    assert res.ok, res.message()
+    print(f"worst error/band {res.worst_fraction:.2f} ({res.worst.quantity})")
+
+
+def test_large_slopes_give_zeros_not_nan():
+    """s = 1e4: λ underflows to 0 and each output is the diagonal term alone."""
+    p = make(1, 2, 1, BT + 3, 8, 8, state=True, seed=5)
+    p["decay"] = torch.tensor([1e4, 3e2], dtype=torch.float64)
+    with chunk_config(split=BT, bwd_split=BT):
+        got = run(p, chunk_linear_attention, dtype=torch.float32)
+    for name, t in got.items():
+        assert t is not None and torch.isfinite(t).all(), f"{name} has NaN/inf"
+    q, k, v = p["q"], p["k"], p["v"]
+    diag = 0.7 * (q * k).sum(-1, keepdim=True) * v
+    torch.testing.assert_close(got["o"], diag, rtol=1e-5, atol=1e-5)
+    assert got["ddecay"].abs().max() < 1e-3  # every factor λ^x (x >= 1) and x·λ^x is 0
+
+
+# -- state: splitting, varlen --------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["causal", "decay"])
+def test_state_split_equals_whole(kind):
+    p = make(2, 2, 1, 2 * BT + 9, 12, 10, kind=kind, seed=6)
+    dev = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
+    q, k, v, s = dev(p["q"]), dev(p["k"]), dev(p["v"]), dev(p["decay"])
+    causal = kind == "causal"
+    o, S = chunk_linear_attention(q, k, v, causal=causal, decay=s, output_final_state=True)
+    cut = BT + 3
+    o1, S1 = chunk_linear_attention(q[:, :, :cut], k[:, :, :cut], v[:, :, :cut], causal=causal, decay=s,
+                                    output_final_state=True)
+    o2, S2 = chunk_linear_attention(q[:, :, cut:], k[:, :, cut:], v[:, :, cut:], causal=causal, decay=s,
+                                    initial_state=S1, output_final_state=True)
+    torch.testing.assert_close(torch.cat([o1, o2], 2), o, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S2, S, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("split", [0, BT], ids=["default", "split1chunk"])
+def test_varlen_equals_separate_calls(split):
+    """Packed sequences (one empty, one shorter than a chunk) == one call per sequence,
+    with initial states, final states and every gradient."""
+    lens = [BT + 5, 0, 3, 2 * BT + 1]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int64)
+    N, H, Hkv, D, E, S = int(cu[-1]), 4, 2, 12, 10, len(lens)
+    g = torch.Generator().manual_seed(7)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()  # noqa: E731
+    q, k, v, h0 = r(1, H, N, D), r(1, Hkv, N, D), r(1, Hkv, N, E), r(S, H, D, E)
+    s = (0.05 + 0.3 * torch.rand(H, generator=g, dtype=torch.float64)).to(DEVICE).requires_grad_()
+    do = torch.randn(1, H, N, E, generator=g, dtype=torch.float64).to(DEVICE)
+    dS = torch.randn(S, H, D, E, generator=g, dtype=torch.float64).to(DEVICE)
+
+    def grads(o, st):
+        return torch.autograd.grad((o * do).sum() + (st * dS).sum(), [q, k, v, s, h0])
+
+    with chunk_config(split=split, bwd_split=split):
+        o, st = chunk_linear_attention(q, k, v, decay=s, initial_state=h0, output_final_state=True,
+                                       cu_seqlens=cu.to(DEVICE))
+        g_packed = grads(o, st)
+    outs, states = [], []
+    for i, (a, b) in enumerate(zip(cu.tolist(), cu.tolist()[1:])):
+        if b > a:
+            o_i, s_i = chunk_linear_attention(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], decay=s,
+                                              initial_state=h0[i:i + 1], output_final_state=True)
+        else:  # an empty sequence passes its state through
+            o_i, s_i = q[:, :, a:b, :E] * 0, h0[i:i + 1] * 1
+        outs.append(o_i)
+        states.append(s_i)
+    o_sep, st_sep = torch.cat(outs, 2), torch.cat(states, 0)
+    torch.testing.assert_close(o, o_sep, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(st, st_sep, rtol=1e-12, atol=1e-12)
+    for name, a_, b_ in zip("q k v s h0".split(), g_packed, grads(o_sep, st_sep)):
+        torch.testing.assert_close(a_, b_, rtol=1e-10, atol=1e-10, msg=f"d{name}")
+
+
+def test_public_api_routes_here():
+    p = make(1, 2, 1, 20, 8, 8, seed=8)
+    q, k, v, s = (p[n].to(DEVICE, torch.float32) for n in ("q", "k", "v", "decay"))
+    o = linattn.linear_attention(q, k, v, decay=s, backend="triton")
+    o2, _ = chunk_linear_attention(q, k, v, decay=s)
+    torch.testing.assert_close(o, o2, rtol=0, atol=0)
+
+
+# -- the decode step -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("decay", [False, True], ids=["causal", "decay"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+def test_decode_step_is_one_reference_step(dtype, decay):
+    """The step equals the last row of the reference run on the sequence plus the token."""
+    B, H, Hkv, N, D, E = 2, 4, 2, 5, 48, 20
+    p = make(B, H, Hkv, N + 1, D, E, kind="decay" if decay else "causal", seed=9)
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    q, k, v = (p[n].to(dtype) for n in ("q", "k", "v"))
+    s = p["decay"]
+    o_ref, S_ref = reference_forward(q.double(), k.double(), v.double(), None, causal=True, decay=s,
+                                     scale=0.7, output_final_state=True)
+    _, S_prev = reference_forward(q[:, :, :N].double(), k[:, :, :N].double(), v[:, :, :N].double(), None,
+                                  causal=True, decay=s, output_final_state=True)
+    dev = lambda t: t.to(DEVICE)  # noqa: E731
+    state = dev(S_prev.to(sdt))
+    o, new = fused_decode_step(dev(q[:, :, N]), dev(k[:, :, N]), dev(v[:, :, N]), state,
+                               decay=None if s is None else dev(s.to(sdt)), scale=0.7)
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(new.double().cpu(), S_ref, rtol=tol, atol=tol * S_ref.abs().max().item())
+    torch.testing.assert_close(o.double().cpu(), o_ref[:, :, N], rtol=tol, atol=tol * o_ref.abs().max().item())
+    assert o.dtype == dtype and new.dtype == sdt and new.data_ptr() != state.data_ptr()
+
+
+def test_decode_step_inplace_and_grad_fallback():
+    B, H, D, E = 2, 2, 20, 36
+    g = torch.Generator().manual_seed(10)
+    r = lambda *s: torch.randn(*s, generator=g).to(DEVICE)  # noqa: E731
+    q, k, v, st = r(B, H, D), r(B, 1, D), r(B, 1, E), r(B, H, D, E)
+    s = torch.tensor([0.1, 2.0], device=DEVICE)
+    o_ref, new_ref = decode_step_reference(q, k, v, st, decay=s, scale=0.5)
+    st2 = st.clone()
+    o, new = fused_decode_step(q, k, v, st2, decay=s, scale=0.5, inplace=True)
+    assert new is st2
+    torch.testing.assert_close(new, new_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(o, o_ref, rtol=1e-5, atol=1e-5)
+    qg = q.clone().requires_grad_()
+    o, _ = fused_decode_step(qg, k, v, st, decay=s, scale=0.5)
+    (g_q,) = torch.autograd.grad(o.sum(), qg)
+    torch.testing.assert_close(g_q, 0.5 * new_ref.sum(-1), rtol=1e-5, atol=1e-5)
+
+
+# -- packaging: torch.compile, config, errors --------------------------------------------------------
+
+def test_torch_compile_traces_the_custom_ops():
+    p = make(1, 2, 1, BT + 2, 8, 8, state=True, seed=12)
+    f = torch.compile(chunk_linear_attention, backend="aot_eager", fullgraph=True)
+    got = run(p, f)
+    want = run(p, reference, device="cpu")
+    assert_close(got, want, 1e-10)
+
+
+def test_config_env_and_errors(monkeypatch):
+    monkeypatch.setenv("LINATTN_CHUNK", "split=64, fwd_bv=32")
+    assert current_config() == ChunkConfig(split=64, fwd_bv=32)
+    with chunk_config(bwd_bk=16) as cfg:
+        assert cfg == ChunkConfig(split=64, fwd_bv=32, bwd_bk=16)
+    monkeypatch.setenv("LINATTN_CHUNK", "splat=3")
+    with pytest.raises(ValueError, match="name=int pairs"):
+        current_config()
+    monkeypatch.delenv("LINATTN_CHUNK")
+    q = torch.randn(1, 2, 5, 4, device=DEVICE)
+    with pytest.raises(ValueError, match=r"initial_state must have shape \(1, 2, 4, 3\), got \(1, 2, 4, 4\)"):
+        chunk_linear_attention(q, q, q[..., :3], causal=True, initial_state=torch.zeros(1, 2, 4, 4, device=DEVICE))
+    with pytest.raises(ValueError, match="head dims up to 256"):
+        chunk_linear_attention(torch.randn(1, 1, 2, 257), torch.randn(1, 1, 2, 257), torch.randn(1, 1, 2, 3))
+    with pytest.raises(ValueError, match=r"state must have shape \[B, H, D, E\]"):
+        fused_decode_step(q[:, :, 0], q[:, :, 0], q[:, :, 0, :3], torch.zeros(1, 2, 4, 4, device=DEVICE))
+    with pytest.raises(TypeError, match="state must be torch.float32"):
+        fused_decode_step(q[:, :, 0], q[:, :, 0], q[:, :, 0], torch.zeros(1, 2, 4, 4, device=DEVICE,
+                                                                          dtype=torch.float64))
