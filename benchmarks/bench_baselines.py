@@ -10,5 +10,5 @@ BENCH_DECODE = False
 
 
 @pytest.mark.parametrize("pass_", ["fwd", "fwd+bwd"])
-def test_baseline(bench, target, shape, pass_):
-    bench(target, shape, pass_)
+def test_baseline(bench, bench_target, bench_shape, pass_):
+    bench(bench_target, bench_shape, pass_)

@@ -3,5 +3,5 @@ BENCH_TARGETS = "baselines"
 BENCH_DECODE = True
 
 
-def test_baseline_decode_step(bench, target, shape):
-    bench(target, shape, "fwd")
+def test_baseline_decode_step(bench, bench_target, bench_shape):
+    bench(bench_target, bench_shape, "fwd")

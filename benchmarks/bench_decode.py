@@ -6,5 +6,5 @@ BENCH_PASS = "fwd"
 BENCH_DECODE = True
 
 
-def test_decode_step(bench, target, shape):
-    bench(target, shape, BENCH_PASS)
+def test_decode_step(bench, bench_target, bench_shape):
+    bench(bench_target, bench_shape, BENCH_PASS)

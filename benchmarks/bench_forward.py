@@ -8,5 +8,5 @@ BENCH_PASS = "fwd"
 BENCH_DECODE = False
 
 
-def test_forward(bench, target, shape):
-    bench(target, shape, BENCH_PASS)
+def test_forward(bench, bench_target, bench_shape):
+    bench(bench_target, bench_shape, BENCH_PASS)

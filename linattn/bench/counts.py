@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from .shapes import Shape
 
-__all__ = ["FORMS", "PASSES", "Counts", "flops", "bytes_moved", "counts", "pairs"]
+__all__ = ["FORMS", "PASSES", "Counts", "flops", "bytes_moved", "count", "pairs"]
 
 FORMS = ("quadratic", "chunked", "recurrent")
 PASSES = ("fwd", "fwd+bwd")
@@ -112,7 +112,7 @@ def bytes_moved(shape: Shape, *, pass_: str) -> float:
     return float(fwd + bwd)
 
 
-def counts(shape: Shape, *, form: str, pass_: str, chunk: int = 64) -> Counts:
+def count(shape: Shape, *, form: str, pass_: str, chunk: int = 64) -> Counts:
     return Counts(
         flops=flops(shape, form=form, pass_=pass_, chunk=chunk),
         bytes=bytes_moved(shape, pass_=pass_),

@@ -32,7 +32,7 @@ __all__ = [
     "card_for",
     "measure_matmul_rate",
     "measure_copy_bandwidth",
-    "roofline",
+    "get_roofline",
 ]
 
 
@@ -198,7 +198,7 @@ class Roofline:
         return asdict(self)
 
 
-def roofline(device, dtypes=("float32",), *, measure: bool = True) -> Roofline:
+def get_roofline(device, dtypes=("float32",), *, measure: bool = True) -> Roofline:
     """The roofline for ``device``: measured peaks when ``measure`` (else the datasheet).
 
     A measurement that fails (out of memory, unsupported dtype) falls back to the
