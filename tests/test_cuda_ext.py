@@ -176,13 +176,14 @@ CASES = [
     # id, (B, H, Hkv, N, M, D, E), mask shape, causal, decay
     ("none-mqa-N1", (1, 2, 1, 1, 1, 1, 1), None, False, False),
     ("none-nm", (2, 2, 1, 2, 65, 48, 3), None, False, False),
-    ("dense-1x1-gqa", (1, 4, 2, 63, 70, 60, 65), (63, 70), False, False),
+    ("dense-1x1-gqa", (1, 4, 2, 63, 72, 64, 65), (63, 72), False, False),
     ("dense-BH", (2, 2, 2, 65, 65, 5, 7), (2, 2, 65, 65), False, False),
     ("dense-B1", (2, 3, 1, 67, 67, 9, 4), (2, 1, 67, 67), False, False),
     ("dense-1H", (1, 4, 2, 31, 130, 16, 16), (1, 4, 31, 130), False, False),
     ("causal-gqa", (1, 4, 2, 130, 130, 48, 17), None, True, False),
     ("decay-mqa", (2, 2, 1, 67, 67, 60, 20), None, True, True),
     ("dense+causal", (1, 2, 1, 65, 65, 3, 64), (1, 1, 65, 65), True, False),
+    ("dense+causal-vec", (1, 2, 2, 136, 136, 48, 40), (1, 2, 136, 136), True, False),
     ("dense+decay-bh", (2, 2, 1, 66, 66, 33, 5), (2, 2, 66, 66), True, True),
 ]
 

@@ -18,6 +18,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include "problem.h"
 
 namespace linattn {
@@ -33,6 +34,7 @@ LINATTN_HD inline size_t align128(size_t x) { return (x + 127) / 128 * 128; }
 LINATTN_HD inline int round16(int x) { return (x + 15) / 16 * 16; }
 LINATTN_HD inline int imin(int a, int b) { return a < b ? a : b; }
 LINATTN_HD inline int imax(int a, int b) { return a > b ? a : b; }
+LINATTN_HD inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 // float <-> storage type. Rounding is to nearest even, as torch does.
 template <class T> struct Num;
@@ -57,12 +59,33 @@ __device__ __forceinline__ float causal_decay(int i, int j, bool causal, bool de
 }
 
 // Load the dense-mask tile rows i0..i0+63, columns j0..j0+63 of one (b, h) into
-// Ms[li * LDM + lj] as float, zero outside [0, n) x [0, m). Warp w reads rows w, w+4, ...;
-// lanes walk j, so a row-major mask is read coalesced whichever way the caller uses the tile.
+// Ms[li * LDM + lj] as float, zero outside [0, n) x [0, m). Rows go to warps, columns to
+// lanes, so a row-major mask is read coalesced whichever way the caller uses the tile; with
+// contiguous 16-byte aligned rows each lane reads 4 (float32) or 8 (half) columns at once.
 template <class T>
 __device__ __forceinline__ void load_mask_tile(float* Ms, const T* mask_bh, int64_t si, int64_t sj,
                                                int i0, int j0, int n, int m) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  constexpr int V = 16 / sizeof(T);  // elements per 16-byte vector
+  if (sj == 1 && si % V == 0 && aligned16(mask_bh)) {
+    constexpr int LPR = BN / V;  // lanes per row
+    const int lj = V * (lane % LPR);
+    for (int li = warp * (32 / LPR) + lane / LPR; li < BN; li += NT / LPR) {
+      const int i = i0 + li, j = j0 + lj;
+      float* d = Ms + li * LDM + lj;
+      if (i < n && j + V <= m) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(mask_bh + i * si + j);
+        T x[V];
+        memcpy(x, &raw, sizeof(raw));  // not a pointer cast: that would break strict aliasing
+#pragma unroll
+        for (int u = 0; u < V; ++u) d[u] = Num<T>::to_f(x[u]);
+      } else {
+#pragma unroll
+        for (int u = 0; u < V; ++u) d[u] = (i < n && j + u < m) ? Num<T>::to_f(mask_bh[i * si + j + u]) : 0.f;
+      }
+    }
+    return;
+  }
   for (int li = warp; li < BN; li += NT / 32) {
     const int i = i0 + li;
     for (int lj = lane; lj < BN; lj += 32) {

@@ -44,9 +44,20 @@ struct WmmaEngine {
   static __device__ __forceinline__ int wc() { return (threadIdx.x / 32) & 1; }
 
   // dst[r][k] = src[row0 + r][k] for r < 64, k < round16(K); zero past K and past nrows.
+  // Vector path (K % 8 == 0, aligned): 16-byte chunks of 8 elements, row-major to row-major.
   static __device__ __forceinline__ void load_op(T* dst, const T* src, int row0, int nrows, int K) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int Kp = round16(K), ld = lda(K);
+    if (K % 8 == 0 && aligned16(src)) {
+      const int KC = Kp / 8, chunks = BM * KC;
+      for (int idx = threadIdx.x; idx < chunks; idx += NT) {
+        const int r = idx / KC, kc = idx - r * KC, gr = row0 + r;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (gr < nrows && 8 * kc < K) x = *reinterpret_cast<const uint4*>(src + (int64_t)gr * K + 8 * kc);
+        *reinterpret_cast<uint4*>(dst + r * ld + 8 * kc) = x;
+      }
+      return;
+    }
     const T zero = Num<T>::from_f(0.f);
     for (int r = warp; r < BM; r += NT / 32) {
       const int gr = row0 + r;
@@ -56,8 +67,20 @@ struct WmmaEngine {
   }
 
   // dst[c][e] = src[row0 + c][e0 + e] for c, e < 64; zero outside nrows x EC.
+  // Vector path (EC % 8 == 0, aligned): 8 lanes per row, 8 elements each.
   static __device__ __forceinline__ void load_c(T* dst, const T* src, int row0, int nrows, int e0, int EC) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (EC % 8 == 0 && aligned16(src)) {
+      const int e = 8 * (lane % 8);
+      const bool in_e = e0 + e < EC;
+      for (int c = warp * 4 + lane / 8; c < BN; c += NT / 8) {
+        const int gr = row0 + c;
+        uint4 x = make_uint4(0u, 0u, 0u, 0u);
+        if (gr < nrows && in_e) x = *reinterpret_cast<const uint4*>(src + (int64_t)gr * EC + e0 + e);
+        *reinterpret_cast<uint4*>(dst + c * LDC + e) = x;
+      }
+      return;
+    }
     const T zero = Num<T>::from_f(0.f);
     for (int c = warp; c < BN; c += NT / 32) {
       const int gr = row0 + c;
