@@ -39,20 +39,12 @@ import torch
 from ._common import compute_dtype, expand_kv, group_sum
 
 __all__ = [
-    "check_block",
-    "to_groups",
-    "from_groups",
-    "mask_groups",
-    "slopes_groups",
-    "tile_distance",
-    "tile_factor",
-    "tile_is_empty",
-    "tile_weight",
-    "tile_weights",
-    "tile_backward",
-    "state_forward",
-    "state_backward",
-    "ceil_to",
+    "check_block", "ceil_to",
+    "to_groups", "from_groups", "mask_groups", "slopes_groups",
+    "tile_is_empty", "tile_distance", "tile_factor", "tile_weights", "tile_weight", "tile_backward",
+    "state_forward", "state_backward",
+    "compute_inputs", "add_opt", "wanted", "finish_grads", "run_public", "first_order_only",
+    "pad_dim", "mask_tile",
 ]
 
 
