@@ -25,6 +25,8 @@ struct FfmaEngine {
   static constexpr int LDC = BE + 4;  // C tile [BN][LDC], row-major
   static constexpr int LDP = BM + 4;  // P tile k-major [BN][LDP]
   static constexpr bool kScoresAliasP = true;  // the float staging tile reuses P's memory
+  static constexpr bool kMaskAliasP = true;    // so does the dense-mask tile (see scores_to_p)
+  static_assert(BN * LDM <= BN * LDP, "the mask tile must fit in the P tile it shares");
 
   LINATTN_HD static size_t op_elems(int K) { return (size_t)K * LDA; }
   LINATTN_HD static size_t c_elems() { return (size_t)BN * LDC; }
@@ -122,6 +124,9 @@ struct FfmaEngine {
   }
 
   // Ps[c][r] = (A Bᵀ)[r][c] * weight(r, c): the masked score tile, k-major for accumulate().
+  // The dense-mask tile that weight() reads shares P's memory (one block then fits 3 per SM
+  // at D = 64), so every thread applies its weights in registers before the barrier and
+  // writes P after it.
   template <class F>
   static __device__ __forceinline__ void scores_to_p(float* Ps, const float* As, const float* Bs, int K,
                                                      float* /*Ss*/, F weight) {
@@ -130,10 +135,15 @@ struct FfmaEngine {
     gemm_abt(s, As, Bs, K);
     const int r = ty() * 4, t = tx();
 #pragma unroll
+    for (int n = 0; n < 8; ++n)
+#pragma unroll
+      for (int m = 0; m < 4; ++m) s.v[m][n] *= weight(r + m, col(n, t));
+    __syncthreads();  // every read of the mask tile is done
+#pragma unroll
     for (int n = 0; n < 8; ++n) {
       const int c = col(n, t);
 #pragma unroll
-      for (int m = 0; m < 4; ++m) Ps[c * LDP + r + m] = s.v[m][n] * weight(r + m, c);
+      for (int m = 0; m < 4; ++m) Ps[c * LDP + r + m] = s.v[m][n];
     }
   }
 

@@ -25,6 +25,7 @@ struct WmmaEngine {
   static constexpr int LDC = BE + 8;  // C tile [BN][LDC], row-major
   static constexpr int LDP = BN + 8;  // P tile [BM][LDP], row-major
   static constexpr bool kScoresAliasP = false;
+  static constexpr bool kMaskAliasP = false;
 
   LINATTN_HD static int lda(int K) { return round16(K) + 8; }
   LINATTN_HD static size_t op_elems(int K) { return (size_t)BM * lda(K); }

@@ -36,7 +36,7 @@ struct ProductLayout {
   T* Cs;       // c rows of the current tile  [64][LDC]
   PT* Ps;      // the masked score tile P     (engine layout)
   float* Ss;   // float score / output staging tile [64][LDS]
-  float* Ms;   // dense-mask tile [64][LDM], when there is one
+  float* Ms;   // dense-mask tile [64][LDM], when there is one (may share P's memory)
   size_t bytes;
   LINATTN_HD ProductLayout(unsigned char* base, int da, bool has_mask) {
     Carver cv(base);
@@ -45,7 +45,9 @@ struct ProductLayout {
     Cs = cv.template take<T>(Eng::c_elems());
     Ps = cv.template take<PT>(Eng::p_elems());
     Ss = Eng::kScoresAliasP ? reinterpret_cast<float*>(Ps) : cv.template take<float>((size_t)BM * LDS);
-    Ms = has_mask ? cv.template take<float>((size_t)BN * LDM) : nullptr;
+    if (!has_mask) Ms = nullptr;
+    else if (Eng::kMaskAliasP) Ms = reinterpret_cast<float*>(Ps);  // BN * LDM <= p_elems()
+    else Ms = cv.template take<float>((size_t)BN * LDM);
     bytes = cv.offset;
   }
 };
@@ -100,9 +102,10 @@ __global__ void __launch_bounds__(NT) masked_product_kernel(ProductArgs p, int t
       __syncthreads();
 
       const float* Ms = L.Ms;
-      auto weight = [&](int rl, int cl) -> float {  // W'(r0 + rl, c0 + cl)
+      const bool causal = p.causal;
+      auto weight = [=](int rl, int cl) -> float {  // W'(r0 + rl, c0 + cl)
         const int r = r0 + rl, c = c0 + cl;
-        float w = col ? causal_decay(c, r, p.causal, decay, slope) : causal_decay(r, c, p.causal, decay, slope);
+        float w = col ? causal_decay(c, r, causal, decay, slope) : causal_decay(r, c, causal, decay, slope);
         if (Ms) w *= col ? Ms[cl * LDM + rl] : Ms[rl * LDM + cl];
         return w;
       };
