@@ -21,7 +21,7 @@ import torch
 
 from linattn.bench.roofline import get_roofline
 from linattn.bench.runner import Settings, Skip, run_case
-from linattn.bench.shapes import PROFILES, default_profile, select_shapes
+from linattn.bench.shapes import PROFILES, SHAPES, default_profile, select_shapes
 from linattn.bench.targets import baseline_targets, decode_step_targets, linattn_targets
 from linattn.bench.timing import machine_info
 
@@ -72,6 +72,10 @@ def _csv(value):
     return [s.strip() for s in value.split(",") if s.strip()] if value else None
 
 
+_TARGETS: dict = {}  # target name -> Target, filled while parametrising
+_SHAPES = {s.id: s for s in SHAPES}
+
+
 def pytest_generate_tests(metafunc):
     if "bench_target" not in metafunc.fixturenames or "bench_shape" not in metafunc.fixturenames:
         return
@@ -89,8 +93,11 @@ def pytest_generate_tests(metafunc):
         targets = [] if config.getoption("--linattn-no-baselines") else baseline_targets()
     else:
         raise pytest.UsageError(f"{mod.__name__}.BENCH_TARGETS must be 'linattn' or 'baselines', got {which!r}")
+    for t in targets:
+        _TARGETS[t.name] = t
+    # parametrise with names, not objects, so the saved JSON's "params" stay readable
     params = [
-        pytest.param(t, s, id=f"{t.short}-{s.id}")
+        pytest.param(t.name, s.id, id=f"{t.short}-{s.id}")
         for s in shapes
         for t in targets
     ]
@@ -103,9 +110,7 @@ def pytest_collection_modifyitems(session, config, items):
     Inputs and the float64 reference are then computed once per shape, and a run cut
     short by --linattn-deadline loses whole shapes at the end rather than one pass.
     """
-    from linattn.bench.shapes import SHAPES
-
-    order = {s: i for i, s in enumerate(SHAPES)}
+    order = {s.id: i for i, s in enumerate(SHAPES)}
 
     def ours(item):
         cs = getattr(item, "callspec", None)
@@ -114,7 +119,7 @@ def pytest_collection_modifyitems(session, config, items):
     def key(item):
         cs = item.callspec
         p = cs.params.get("pass_", getattr(item.module, "BENCH_PASS", "fwd"))
-        return (order.get(cs.params["bench_shape"], len(order)), p != "fwd", cs.params["bench_target"].name)
+        return (order.get(cs.params["bench_shape"], len(order)), p != "fwd", cs.params["bench_target"])
 
     slots = [i for i, item in enumerate(items) if ours(item)]  # other suites keep their places
     for i, item in zip(slots, sorted((items[i] for i in slots), key=key)):
@@ -167,11 +172,11 @@ def _poison_uninitialised_memory():
 
 @pytest.fixture
 def bench(benchmark, settings):
-    """``bench(target, shape, pass_)``: run one case, turning :class:`Skip` into a pytest skip."""
+    """``bench(target_name, shape_id, pass_)``: run one case, turning :class:`Skip` into a pytest skip."""
 
-    def run(target, shape, pass_):
+    def run(target_name, shape_id, pass_):
         try:
-            return run_case(benchmark, target, shape, pass_, settings)
+            return run_case(benchmark, _TARGETS[target_name], _SHAPES[shape_id], pass_, settings)
         except Skip as e:
             pytest.skip(str(e))
 

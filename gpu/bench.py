@@ -66,7 +66,7 @@ def ensure_baselines() -> None:
         subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
              "--no-cache-dir", "--upgrade", "--target", "/tmp/site", *wheels],
-            check=True, timeout=90,
+            check=True, timeout=60,
         )
     except Exception as e:  # the baselines are optional: report and go on
         say(f"wheel install failed ({type(e).__name__}: {e}); baselines will be skipped")
@@ -88,7 +88,7 @@ def run_suite(env: dict) -> int:
     try:
         with open(LOG, "w") as log:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  timeout=deadline + 60)
+                                  timeout=deadline + 40)
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = 124
@@ -107,7 +107,7 @@ def plot(env: dict) -> None:
     try:
         out = subprocess.run(
             [sys.executable, "-m", "linattn", "plot", str(json_path), "--out", str(OUT), "--combined"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
         )
         say(f"plot: {out.stdout.strip() or out.stderr.strip()[-500:]}")
     except Exception as e:

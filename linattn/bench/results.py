@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["Record", "Results", "load", "series"]
+__all__ = ["Record", "Results", "load", "series", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,16 @@ def series(records) -> dict:
         for rs in by_target.values():
             rs.sort(key=lambda r: r.N)
     return out
+
+
+def markdown_table(records) -> str:
+    """One row per benchmark: shape, pass, target, median time, rate, roofline, memory."""
+    head = "| shape | pass | target | median (ms) | GFLOP/s | roofline (bound) | peak MiB |\n|---|---|---|---:|---:|---:|---:|"
+    rows = []
+    for r in sorted(records, key=lambda r: (r.family, r.N, r.pass_, r.median_s)):
+        rate = f"{r.flops / r.median_s / 1e9:.1f}" if r.flops and r.median_s else "-"
+        roof = "-" if r.roofline_fraction is None else f"{r.roofline_fraction:.2f} ({(r.roofline_bound or '?')[:3]})"
+        mem = "-" if r.peak_mem_bytes is None else f"{r.peak_mem_bytes / 2 ** 20:.1f}"
+        name = r.target.split(":", 1)[1] if r.target.startswith("linattn:") else r.target
+        rows.append(f"| {r.shape} | {r.pass_} | {name} | {r.median_s * 1e3:.3f} | {rate} | {roof} | {mem} |")
+    return "\n".join([head, *rows])

@@ -9,7 +9,8 @@ dtype; one line per backend or baseline):
   timed at a single N (training shapes, decode).
 
 ``--combined`` draws the three as rows of one ``bench.png`` instead (one file to bring
-back from a GPU machine). The title names the device and the date from the JSON.
+back from a GPU machine); ``--table`` also prints every result as a Markdown table.
+The title names the device and the date from the JSON.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ def register(sub) -> None:
     p.add_argument("--combined", action="store_true", help="one bench.png with all three charts as rows")
     p.add_argument("--prefix", default="", help="prefix for the file names, e.g. 'h100-'")
     p.add_argument("--dpi", type=int, default=110)
+    p.add_argument("--table", action="store_true", help="also print a Markdown table of every result")
     p.set_defaults(func=run)
 
 
@@ -186,4 +188,8 @@ def run(args) -> int:
         return 2
     for p in written:
         print(p)
+    if args.table:
+        from ..bench.results import load, markdown_table
+
+        print(markdown_table(load(args.results).records))
     return 0
