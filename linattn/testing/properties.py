@@ -187,7 +187,8 @@ def causality(target: Target, problem: Problem) -> PropertyResult:
         idx = [slice(None)] * x.dim()
         idx[dim] = fut
         part = x[tuple(idx)]
-        noise = torch.randn(part.shape, generator=g, dtype=torch.float64) * 3.0
+        size = float(x.double().std()) if x.numel() > 1 else 1.0  # new values of the same size
+        noise = torch.randn(part.shape, generator=g, dtype=torch.float64) * (size if size > 0 else 1.0)
         x[tuple(idx)] = noise.to(x.dtype).to(x.device)
         return x
 
