@@ -111,7 +111,7 @@ def cuda_forward(
         from . import get_ops
 
         ops = get_ops(q.device)
-    slopes = None if decay is None else decay.to(torch.float32)
+    slopes = None if decay is None else decay.to(torch.float32).contiguous()
     causal = bool(causal) or decay is not None
     out_f32 = initial_state is not None and q.dtype != torch.float32
     o = MaskedLinearAttention.apply(q, k, v, mask, slopes, float(scale), causal, out_f32, ops)
