@@ -51,6 +51,8 @@ def _cuda_include() -> Optional[str]:
 
 
 def unavailable() -> Optional[str]:
+    if not (CSRC / "emu" / "emu_lib.cpp").is_file():
+        return "the emulator sources (csrc/emu/) are not installed; use a source checkout"
     if shutil.which(os.environ.get("CXX", "g++")) is None:
         return "the emulator needs a C++20 host compiler (g++ not found)"
     if _cuda_include() is None:
