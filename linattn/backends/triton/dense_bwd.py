@@ -30,7 +30,7 @@ import torch
 
 from . import common
 from .common import HAVE_TRITON
-from .dense_fwd import launch, mask_strides, smem_estimate
+from .dense_fwd import IEEE_FP32_FIXED, launch, mask_strides, smem_estimate
 
 if HAVE_TRITON:
     import triton
@@ -42,9 +42,10 @@ if HAVE_TRITON:
 __all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
 
 # (rows, cols, num_warps, num_stages); rows = the block a program owns.
-DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
-DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
-DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3)]
+# Kept small: every config costs a compile (seconds each) the first time a shape is seen.
+DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 FIXED_GPU = (64, 64, 4, 3)
 FIXED_INTERPRET = (32, 16, 1, 1)
 
@@ -351,7 +352,8 @@ def dense_backward(
         dq = torch.empty_like(q) if need_dq else q
         # slopes: one partial per (b, h, row block); the autotuner picks the row block later,
         # so room is made for the smallest one (unused entries stay 0)
-        min_rows = min(r for r, *_ in DQ_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, configs.get("dq") or FIXED_GPU])
+        min_rows = min(r for r, *_ in DQ_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, IEEE_FP32_FIXED,
+                                                    configs.get("dq") or FIXED_GPU])
         n_part = triton.cdiv(N, min_rows)
         ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
         launch(

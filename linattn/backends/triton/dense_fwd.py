@@ -39,9 +39,13 @@ if HAVE_TRITON:
 __all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides"]
 
 #: Tile configurations tried by the autotuner on a GPU: (BN, BM, num_warps, num_stages).
-FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)]
+FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
 #: The one configuration used when autotuning is off (interpreter, LINATTN_TRITON_AUTOTUNE=0).
 FWD_FIXED_GPU = (64, 64, 4, 3)
+#: float32 with full-precision ("ieee") products runs its dots as CUDA-core FMAs, whose
+#: unrolled code is slow to build (10-100 s per kernel for 64×64 tiles, measured compiling
+#: for sm_90): every kernel uses this one small config instead of autotuning.
+IEEE_FP32_FIXED = (64, 32, 4, 2)
 #: Under the interpreter: small and unequal tiles, so tests cross many tile edges.
 FWD_FIXED_INTERPRET = (32, 16, 1, 1)
 
@@ -211,6 +215,8 @@ def launch(kernel, tuned, grid_fn, args: dict, config, fixed_gpu, fixed_interp, 
     ``config`` is ``(rows, cols, num_warps, num_stages)`` or None; ``grid_fn`` maps the
     tile sizes dict to the launch grid.
     """
+    if config is None and args.get("PRECISION") == "ieee" and not common.INTERPRET:
+        config = IEEE_FP32_FIXED
     if config is None and autotune_enabled():
         tuned[lambda meta: grid_fn(meta)](**args)
         return
