@@ -101,6 +101,8 @@ def _print_summary(summary: dict) -> None:
         print(f"{fam:8s} total {s['total_examples']} examples in {s['seconds'] / 60:.1f} min, "
               f"{s['overflow_reported']} float16 overflows reported, "
               f"{len(s['failures'])} failures, {len(s['errors'])} errors")
+        for fid, n in s.get("known", {}).items():
+            print(f"    known issue {fid}: matched {n} examples (fuzz/failures/{fid}.json)")
         for f in s["failures"]:
             print(f"    failure: {f}")
 
