@@ -43,6 +43,8 @@ __all__ = [
 ]
 
 PROFILES = ("smoke", "cpu", "quick", "gpu", "all")
+# The suites run shapes in the order of SHAPES below (every target of a shape in a row),
+# so a run cut short by its deadline loses the last ones: the N sweeps come last.
 _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -139,12 +141,6 @@ SHAPES: list[Shape] = [
     *_family("cpu-dense", (128, 256, 512, 1024), ("cpu", "all"), B=1, H=4, D=64, E=64, mask="dense"),
     Shape("cpu-decode", B=4, H=8, N=1, D=64, E=64, mask="decay", decode=True,
           profiles=frozenset({"cpu", "all"})),
-    # -- GPU scaling families: TransNormerLLM-1B heads, bf16, decay; and the seed's dense mask in fp32
-    *_family("sweep-decay", (1024, 4096), _P_QUICK, B=4, H=16, D=128, E=128, mask="decay", dtype="bfloat16"),
-    *_family("sweep-decay", (512, 2048, 8192, 16384, 32768), _P_GPU, B=4, H=16, D=128, E=128,
-             mask="decay", dtype="bfloat16"),
-    *_family("sweep-dense", (1024, 4096), _P_QUICK, B=4, H=12, D=64, E=64, mask="dense"),
-    *_family("sweep-dense", (512, 2048, 8192), _P_GPU, B=4, H=12, D=64, E=64, mask="dense"),
     # -- TransNormerLLM training shapes (bf16, decay)
     Shape("tnl-385m", B=8, H=8, N=2048, D=128, E=128, mask="decay", dtype="bfloat16",
           profiles=frozenset(_P_GPU), note="385M: d_model 1024, 8 heads"),
@@ -168,6 +164,12 @@ SHAPES: list[Shape] = [
           profiles=frozenset(_P_QUICK), note="7B decode step, batch 16"),
     Shape("decode-fp32", B=16, H=32, N=1, D=128, E=128, mask="decay", decode=True,
           profiles=frozenset(_P_GPU)),
+    # -- GPU scaling families: TransNormerLLM-1B heads, bf16, decay; and the seed's dense mask in fp32
+    *_family("sweep-decay", (1024, 4096), _P_QUICK, B=4, H=16, D=128, E=128, mask="decay", dtype="bfloat16"),
+    *_family("sweep-decay", (512, 2048, 8192, 16384, 32768), _P_GPU, B=4, H=16, D=128, E=128,
+             mask="decay", dtype="bfloat16"),
+    *_family("sweep-dense", (1024, 4096), _P_QUICK, B=4, H=12, D=64, E=64, mask="dense"),
+    *_family("sweep-dense", (512, 2048, 8192), _P_GPU, B=4, H=12, D=64, E=64, mask="dense"),
 ]
 
 

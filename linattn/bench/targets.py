@@ -42,7 +42,7 @@ __all__ = [
 
 #: Backends that loop over tokens or blocks in Python, and the longest N timed for each
 #: (CPU, GPU): past these one call takes seconds and the point says nothing new.
-PYTHON_LOOP_LIMITS = {"recurrent": (512, 4096), "blocked": (1024, 8192)}
+PYTHON_LOOP_LIMITS = {"recurrent": (512, 2048), "blocked": (1024, 8192)}
 
 
 @dataclass
