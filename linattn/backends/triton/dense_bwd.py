@@ -116,11 +116,12 @@ if HAVE_TRITON:
         p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
         p_dm = dm + o_n[:, None] * M + o_m[None, :]  # [BN, BM]
         lo = 0
-        if DECAY and not NEED_DM:  # underflowed tiles add nothing to dq or ds (dM must still be written)
+        if DECAY:  # underflowed tiles add nothing (a fused dM starts zeroed, see dense_backward)
             lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
             p_k += lo.to(tl.int64) * D
             p_v += lo.to(tl.int64) * E
             p_m += lo.to(tl.int64) * stride_mm
+            p_dm += lo
         for j0 in range(lo, hi, BM):
             m_m = (j0 + o_m) < M
             m_nm = m_n[:, None] & m_m[None, :]
@@ -283,24 +284,27 @@ if HAVE_TRITON:
             i_h = i_hm + t % NH
             i_bh = i_b * H + i_h
             i_kv = i_b * (H // G) + i_h // G
-            b_q = tl.load(q + (i_bh.to(tl.int64) * N + i0) * D + o_n[:, None] * D + o_d[None, :],
-                          mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
-            b_do = tl.load(do + (i_bh.to(tl.int64) * N + i0) * E + o_n[:, None] * E + o_e[None, :],
-                           mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
-            b_k = tl.load(k + (i_kv.to(tl.int64) * M + j0) * D + o_m[:, None] * D + o_d[None, :],
-                          mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-            b_v = tl.load(v + (i_kv.to(tl.int64) * M + j0) * E + o_m[:, None] * E + o_e[None, :],
-                          mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
-            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
-            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST)  # [BN, BM]  (scale applied once at the end)
-            if CAUSAL:
-                if DECAY:
-                    b_s = tl.load(s + i_h).to(tl.float32)
-                else:
-                    b_s = 0.0
-                b_dm += b_dp * b_a * causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)
+            if DECAY:
+                b_s = tl.load(s + i_h).to(tl.float32)
+                live = (i0 - j0 - BM + 1).to(tl.float32) <= decay_horizon(b_s)  # else C underflows to 0
             else:
-                b_dm += b_dp * b_a
+                b_s = 0.0
+                live = True
+            if live:
+                b_q = tl.load(q + (i_bh.to(tl.int64) * N + i0) * D + o_n[:, None] * D + o_d[None, :],
+                              mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+                b_do = tl.load(do + (i_bh.to(tl.int64) * N + i0) * E + o_n[:, None] * E + o_e[None, :],
+                               mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+                b_k = tl.load(k + (i_kv.to(tl.int64) * M + j0) * D + o_m[:, None] * D + o_d[None, :],
+                              mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+                b_v = tl.load(v + (i_kv.to(tl.int64) * M + j0) * E + o_m[:, None] * E + o_e[None, :],
+                              mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+                b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+                b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST)  # [BN, BM]  (scale applied once at the end)
+                if CAUSAL:
+                    b_dm += b_dp * b_a * causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)
+                else:
+                    b_dm += b_dp * b_a
 
         p_dm = dm + ((i_bm * MH + i_hm).to(tl.int64) * N + i0) * M + j0 + o_n[:, None] * M + o_m[None, :]
         tl.store(p_dm, (b_dm * scale).to(dm.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
