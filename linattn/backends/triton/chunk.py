@@ -20,8 +20,11 @@ Layers, bottom up:
 Choosing a schedule. The fused schedule (one split per sequence) reads q, k, v once and
 writes o once, but has only B·H·⌈E/BV⌉ programs, too few for, say, B=1 H=16 N=32768 on
 132 SMs. Cutting sequences into splits buys parallelism at the price of reading k and v
-once more. The default takes the fused schedule when there are at least ``2·SMs``
-programs and otherwise cuts sequences so that there are; everything is overridable per
+once more. The default takes the fused schedule when it launches at least 0.8·SMs
+programs (then the state pass would cost more bytes than idle SMs lose), and otherwise
+cuts sequences into splits of at least 4 chunks, aiming at 2 programs per SM (B=1 H=16
+N=32768: 9 splits). The backward decides the same way for its own kernels (dq, dk and
+dv programs together), recomputing the boundary states it needs. Everything is overridable per
 call (``chunk_config(...)``) or per process (``LINATTN_CHUNK="split=1024,fwd_bv=32"``) so
 one GPU run can time the alternatives. See ``ChunkConfig`` for the knobs.
 """
@@ -161,7 +164,7 @@ def _plan(N: int, n_seq: int, lengths: Optional[list], programs_per_split: int,
     """Cut every sequence into splits of NCS chunks.
 
     ``programs_per_split``: programs one split launches summed over heads and channel
-    slices; the heuristic wants about two programs per SM.
+    slices (the rule is in the module docstring).
     """
     NT = max(1, math.ceil((N if lengths is None else max(lengths + [1])) / BT))
     if split > 0:
@@ -170,12 +173,12 @@ def _plan(N: int, n_seq: int, lengths: Optional[list], programs_per_split: int,
         NCS = NT
     else:
         progs = programs_per_split * n_seq
-        want = 2 * _sm_count(device)
-        if progs >= want:
+        sms = _sm_count(device)
+        if progs >= 0.8 * sms:
             NCS = NT
         else:
             avg = N / BT if lengths is None else sum(lengths) / max(1, n_seq) / BT
-            splits = math.ceil(want / max(1, progs))
+            splits = math.ceil(2 * sms / max(1, progs))
             NCS = max(4 if not common.INTERPRET else 1, math.ceil(avg / splits))
             NCS = min(NCS, NT)
     if lengths is None:
@@ -314,7 +317,7 @@ def _bwd_tiles(D: int, E: int, slope_grad: bool, cfg: ChunkConfig):
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
               slope_grad: bool, state_grad: bool):
     """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None)."""
-    from .chunk_bwd import chunk_bwd_kernel_dk, chunk_bwd_kernel_dq, chunk_bwd_kernel_dv
+    from .chunk_bwd import chunk_bwd_kernel_dkv, chunk_bwd_kernel_dq
 
     cfg = current_config()
     B, H, N, D = q.shape
@@ -360,13 +363,9 @@ def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: flo
         HDIV=hdiv, BK=BK, BE=BE, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
         SLOPE_GRAD=slope_grad, **common_kw,
     )
-    chunk_bwd_kernel_dk[(plan.TS * H * NK,)](
-        q, v, do, dk, slopes, dh_end, dh0, *runtime,
-        BK=BK, BE=BE, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **common_kw,
-    )
-    chunk_bwd_kernel_dv[(plan.TS * H * NV,)](
-        q, k, do, dv, slopes, dh_end, *runtime,
-        BK=BKf, BV=BV, USE_DH=dh_end is not None, **common_kw,
+    chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
+        q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
+        BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **common_kw,
     )
     if G > 1:  # sum each group's heads, in a fixed order
         dk = dk.view(B, Hkv, G, N, D).sum(2).to(q.dtype)

@@ -20,8 +20,10 @@ dq needs S, which runs forward; dk and dv need G, which runs backward. So there 
 three kernels, each carrying its state slice in registers from chunk to chunk:
 
 * ``chunk_bwd_kernel_dq``: channels [BK] of D, holds S [BK, E], walks forward;
-* ``chunk_bwd_kernel_dk``: channels [BK] of D, holds G [BK, E], walks backward;
-* ``chunk_bwd_kernel_dv``: channels [BV] of E, holds G [D, BV], walks backward.
+* ``chunk_bwd_kernel_dkv``, dk programs: channels [BK] of D, hold G [BK, E], walk backward;
+* ``chunk_bwd_kernel_dkv``, dv programs: channels [BV] of E, hold G [D, BV], walk backward.
+
+dk and dv share one launch (and their reads of q and do, through L2); dq runs apart.
 
 As in the forward, a sequence may be cut into splits that run in parallel, each starting
 from a boundary state found by ``chunk_state_kernel`` + ``chunk_scan_kernel`` (S at the
@@ -60,7 +62,7 @@ from __future__ import annotations
 
 from .common import HAVE_TRITON
 
-__all__ = ["chunk_bwd_kernel_dq", "chunk_bwd_kernel_dk", "chunk_bwd_kernel_dv"]
+__all__ = ["chunk_bwd_kernel_dq", "chunk_bwd_kernel_dkv"]
 
 if HAVE_TRITON:
     import triton
@@ -167,9 +169,9 @@ if HAVE_TRITON:
                 b_total += tl.sum(tl.sum(b_g * b_tan, axis=1)[None, :], axis=1)
             tl.store(ds_part + pid + tl.arange(0, 1), b_total.to(ds_part.dtype.element_ty))
 
-    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
-    def chunk_bwd_kernel_dk(
-        q, v, do, dk, slopes, dh_end, dh0,
+    @triton.jit
+    def bwd_dk_program(
+        i_k, i_split, i_h, q, v, do, dk, slopes, dh_end, dh0,
         split_index, cu_seqlens, scale, N, NCS, NS,
         H: tl.constexpr, G: tl.constexpr,
         D: tl.constexpr, E: tl.constexpr,
@@ -178,14 +180,10 @@ if HAVE_TRITON:
         IS_VARLEN: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
     ):
-        """dk[:, slice] (per query head) for one split, walking its chunks backward; the first
-        split also stores the initial state's gradient. Without CAUSAL, dh_end is the whole
-        scale·qᵀdo and dk = v Gᵀ."""
+        """dk[:, slice i_k] (per query head) for one split, walking its chunks backward; the
+        first split also stores the initial state's gradient. Without CAUSAL, dh_end is the
+        whole scale·qᵀdo and dk = v Gᵀ."""
         tl.static_assert(BE >= E, "one program holds all E channels of do and v")
-        NK = tl.cdiv(D, BK)
-        pid = tl.program_id(0).to(tl.int64)
-        i_k, i_sh = pid % NK, pid // NK
-        i_split, i_h = i_sh // H, i_sh % H
         i_b, i_n, i_s, bos, T = locate(i_split, split_index, cu_seqlens, N, NS, IS_VARLEN)
         t0, t1 = chunk_span(i_s, T, BT, NCS)
         HKV = H // G
@@ -244,9 +242,9 @@ if HAVE_TRITON:
                 p_dh0 = dh0 + ((i_n * H + i_h) * D + o_k[:, None]) * E + o_e[None, :]
                 tl.store(p_dh0, b_g.to(p_dh0.dtype.element_ty), mask=m_ke)
 
-    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
-    def chunk_bwd_kernel_dv(
-        q, k, do, dv, slopes, dh_end,
+    @triton.jit
+    def bwd_dv_program(
+        i_v, i_split, i_h, q, k, do, dv, slopes, dh_end,
         split_index, cu_seqlens, scale, N, NCS, NS,
         H: tl.constexpr, G: tl.constexpr,
         D: tl.constexpr, E: tl.constexpr,
@@ -255,12 +253,8 @@ if HAVE_TRITON:
         IS_VARLEN: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
     ):
-        """dv[:, slice] (per query head) for one split, walking its chunks backward."""
+        """dv[:, slice i_v] (per query head) for one split, walking its chunks backward."""
         tl.static_assert(BK >= D, "one program holds all D channels of q and k")
-        NV = tl.cdiv(E, BV)
-        pid = tl.program_id(0).to(tl.int64)
-        i_v, i_sh = pid % NV, pid // NV
-        i_split, i_h = i_sh // H, i_sh % H
         i_b, i_n, i_s, bos, T = locate(i_split, split_index, cu_seqlens, N, NS, IS_VARLEN)
         t0, t1 = chunk_span(i_s, T, BT, NCS)
         HKV = H // G
@@ -313,3 +307,37 @@ if HAVE_TRITON:
                 b_g += dot(tl.trans(b_qw), b_do, PRECISION, UPCAST) * scale
             p_dv = dv + (i_q + o_t[:, None]) * E + o_v[None, :]
             tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
+
+    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
+    def chunk_bwd_kernel_dkv(
+        q, k, v, do, dk, dv, slopes, dh_end, dh0,
+        split_index, cu_seqlens, scale, N, NCS, NS,
+        H: tl.constexpr, G: tl.constexpr,
+        D: tl.constexpr, E: tl.constexpr,
+        BT: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr, USE_DH: tl.constexpr, STORE_DH0: tl.constexpr,
+        IS_VARLEN: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
+    ):
+        """dk and dv in one launch: per (split, head), ⌈D/BK⌉ dk programs then ⌈E/BV⌉ dv
+        programs with neighbouring ids, so that their reads of q and do (same chunks, same
+        backward order) are served once from L2."""
+        NK = tl.cdiv(D, BK)
+        NR = NK + tl.cdiv(E, BV)
+        pid = tl.program_id(0).to(tl.int64)
+        i_r, i_sh = pid % NR, pid // NR
+        i_split, i_h = i_sh // H, i_sh % H
+        if i_r < NK:
+            bwd_dk_program(
+                i_r, i_split, i_h, q, v, do, dk, slopes, dh_end, dh0,
+                split_index, cu_seqlens, scale, N, NCS, NS,
+                H, G, D, E, BT, BK, BE, CAUSAL, DECAY, USE_DH, STORE_DH0, IS_VARLEN,
+                PRECISION, UPCAST, F64,
+            )
+        else:
+            bwd_dv_program(
+                i_r - NK, i_split, i_h, q, k, do, dv, slopes, dh_end,
+                split_index, cu_seqlens, scale, N, NCS, NS,
+                H, G, D, E, BT, BKF, BV, CAUSAL, DECAY, USE_DH, IS_VARLEN,
+                PRECISION, UPCAST, F64,
+            )
