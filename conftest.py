@@ -7,6 +7,7 @@
     --max-n N, --max-d D              largest sequence length / head dim the suites draw
     --max-examples K                  examples per property (overrides the profile)
     --no-poison                       do not fill uninitialised memory with NaN
+    --no-pinned                       skip the properties' pinned @example problems
 
 Every test runs with ``torch.empty``/``empty_like``/``empty_strided``/``Tensor.new_empty``
 returning NaN-filled float tensors (``linattn.testing.poison``), so a backend that leaves
@@ -38,6 +39,8 @@ def pytest_addoption(parser):
     g.addoption("--max-d", type=int, default=None, help="largest head dim the property suites draw")
     g.addoption("--max-examples", type=int, default=None, help="examples per property (overrides the profile)")
     g.addoption("--no-poison", action="store_true", help="do not NaN-fill uninitialised memory")
+    g.addoption("--no-pinned", action="store_true",
+                help="skip the pinned @example problems (they ignore --max-n; slow under TRITON_INTERPRET)")
 
 
 def pytest_report_header(config):
@@ -102,6 +105,7 @@ def harness(request):
     max_n = request.config.getoption("--max-n")
     max_d = request.config.getoption("--max-d")
     max_examples = request.config.getoption("--max-examples")
+    pinned = not request.config.getoption("--no-pinned")
 
     def run(name, target, **narrow):
         narrow.setdefault("devices", devices)
@@ -110,7 +114,8 @@ def harness(request):
         if max_d:
             narrow.setdefault("max_d", max_d)
         cfg = settings(max_examples=max_examples) if max_examples else settings()
-        rep = check_property(PROPERTIES[name], target, settings=cfg, profile=PROFILE, narrow=narrow)
+        rep = check_property(PROPERTIES[name], target, settings=cfg, profile=PROFILE, narrow=narrow,
+                             pinned=pinned)
         if rep.status == "skip":
             pytest.skip(f"{target.name} / {name}: {rep.message or 'every example skipped'}")
         if rep.status == "fail":

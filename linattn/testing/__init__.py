@@ -22,14 +22,26 @@ Pieces, one concept per module:
 * :mod:`~linattn.testing.report`, :mod:`~linattn.testing.plot` — Markdown/JSON, the PNG
 """
 from .bands import FACTOR, FLOOR_C, Measurement, measure, reduction_length, unit_roundoff
-from .check import BackendReport, PropertyReport, check_backend, check_property
 from .poison import poisoned
 from .problem import ContractViolation, Outcome, Problem, ProblemTensors, Skip
-from .profiles import PROFILES
 from .properties import PROPERTIES, Property, PropertyResult, run_property
 from .reference import Evaluation, evaluate, naive_in_dtype
-from .strategies import NoProblems, head_dims, problems, seq_lengths
 from .target import Target, as_target, load_callable
+
+try:  # Hypothesis is a test extra: without it, Problem, the bands and the properties still work
+    from .check import BackendReport, PropertyReport, check_backend, check_property
+    from .profiles import PROFILES
+    from .strategies import NoProblems, head_dims, problems, seq_lengths
+except ImportError as _e:  # pragma: no cover - depends on the environment
+    if "hypothesis" not in str(_e):
+        raise
+    _MISSING = _e
+
+    def _needs_hypothesis(*args, **kwargs):
+        raise ImportError(f"this part of linattn.testing needs Hypothesis: pip install 'linattn[test]' ({_MISSING})")
+
+    check_backend = check_property = problems = seq_lengths = head_dims = _needs_hypothesis
+    BackendReport = PropertyReport = NoProblems = PROFILES = None
 
 __all__ = [
     "problems", "seq_lengths", "head_dims", "NoProblems",
