@@ -127,6 +127,9 @@ class Backend:
     varlen: bool = False  # takes cu_seqlens natively (else the API loops over sequences)
     auto_rank: dict = field(default_factory=dict)
     available: Callable[[], Optional[str]] = lambda: None
+    #: Any further limit the fields above cannot express: ``constraint(req)`` returns why
+    #: ``req`` is not served, or None (e.g. a composite backend whose kernels differ by kind).
+    constraint: Optional[Callable[["Request"], Optional[str]]] = None
 
     def unsupported(self, req: Request) -> Optional[str]:
         """Why this backend cannot serve ``req`` (None when it can)."""
@@ -151,6 +154,8 @@ class Backend:
             return f"N != M (N={req.N}, M={req.M}) not supported"
         if self.max_head_dim is not None and max(req.D, req.E) > self.max_head_dim:
             return f"head dims D={req.D}, E={req.E} exceed {self.max_head_dim}"
+        if self.constraint is not None:
+            return self.constraint(req)
         return None
 
 

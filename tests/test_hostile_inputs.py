@@ -858,3 +858,17 @@ def test_fuzz_failure_replays(path):
             pytest.xfail(f"[{entry.get('status')}] passes now: mark it fixed. {entry.get('notes', '')[:200]}")
         pytest.xfail(f"[{entry.get('status')}] {entry.get('notes', '')[:300]}")
     assert ok, msg
+
+
+def test_triton_dense_float64_is_refused_not_crashed():
+    """Pinned from fuzz/failures/triton-linearity_mask-face5592a8.json: backend 'triton' sends
+    dense masks to triton_dense, which has no float64 kernels. It used to raise a TypeError
+    from inside the call; it must be refused up front, naming the backends that can."""
+    b = linattn.get_backend("triton")
+    if b.available() is not None:
+        pytest.skip(f"triton: {b.available()}")
+    q = _rand(1, 2, 5, 3)
+    _raises(linattn.UnsupportedRequest, ["backend 'triton' cannot serve", "float64", "Backends that can", "reference"],
+            lambda: linear_attention(q, q, q, _rand(5, 5), backend="triton"))
+    o = linear_attention(q, q, q, causal=True, backend="triton")  # float64 without a dense mask: served
+    torch.testing.assert_close(o, linear_attention(q, q, q, causal=True, backend="reference"))

@@ -14,6 +14,10 @@ to ``dense``. Importing this package never needs a GPU.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
 from ..._registry import Backend, MASK_KINDS
 from . import common
 
@@ -41,6 +45,13 @@ def triton_forward(
     )
 
 
+def _dense_dtypes(req) -> Optional[str]:
+    """Dense masks go to the triton_dense kernels, which take no float64."""
+    if req.dense and req.dtype == torch.float64:
+        return "a dense mask in float64 (its triton_dense kernels take float16, bfloat16 or float32)"
+    return None
+
+
 BACKEND = Backend(
     name="triton",
     fn=triton_forward,
@@ -52,6 +63,7 @@ BACKEND = Backend(
     varlen=True,
     auto_rank={"cuda": 0},
     available=common.unavailable,
+    constraint=_dense_dtypes,
 )
 
 try:
