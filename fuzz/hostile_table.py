@@ -131,14 +131,15 @@ def main() -> int:
     names = H.NAMES
     table = {n: rows(H, n) for n in names}
     classes = [c for c, _ in table[names[0]]]
-    print("| hostile input | " + " | ".join(f"`{n}`" for n in names) + " |")
-    print("|---|" + "---|" * len(names))
+    print("| hostile input | behaviour observed | backends |")
+    print("|---|---|---|")
     for i, c in enumerate(classes):
-        cells = [table[n][i][1] for n in names]
-        if len(set(cells)) == 1 and len(names) > 1:
-            print(f"| {c} | {cells[0]} (all) |" + " |" * (len(names) - 1))
-        else:
-            print(f"| {c} | " + " | ".join(cells) + " |")
+        groups: dict = {}
+        for n in names:  # the same behaviour up to the backend's own name in its message
+            groups.setdefault(table[n][i][1].replace(f"'{n}'", "'<name>'"), []).append(n)
+        for cell, members in groups.items():
+            who = f"all {len(names)}" if len(members) == len(names) else ", ".join(f"`{m}`" for m in members)
+            print(f"| {c} | {cell} | {who} |")
     silent = [(n, c) for n in names for c, cell in table[n] if "silent" in cell or "FAIL" in cell]
     print(f"\n{len(classes)} classes x {len(names)} backends; silent or failing cells: {silent or 'none'}")
     return 1 if silent else 0
