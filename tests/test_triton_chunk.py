@@ -160,6 +160,15 @@ def test_low_precision_within_bands(problem):
     print(f"worst error/band {res.worst_fraction:.2f} ({res.worst.quantity})")
 
 
+def test_float16_varlen_slopes_gradient_regression():
+    """Fuzz finding triton-backward-e62d3fff65: one rounding of the state to float16 made
+    dslopes 4.8× its band with packed sequences; the dq kernel now splits those operands."""
+    p = Problem(B=1, H=2, Hkv=1, N=100, M=100, D=32, E=24, dtype="float16", device=DEVICE, mask_kind="decay",
+                slopes="moderate", grads=("q", "k", "v", "slopes"), cu_seqlens=(0, 1, 37, 37, 100), seed=3)
+    res = run_property("backward", "triton", p)
+    assert res.ok, res.message()
+
+
 def test_large_slopes_give_zeros_not_nan():
     """s = 1e4: λ underflows to 0 and each output is the diagonal term alone."""
     p = make(1, 2, 1, BT + 3, 8, 8, state=True, seed=5)

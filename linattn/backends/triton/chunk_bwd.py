@@ -73,6 +73,16 @@ if HAVE_TRITON:
     )
     from .common import dot, to_operand
 
+    @triton.jit
+    def dot_fine(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FINE: tl.constexpr):
+        """a @ b for a 16-bit ``a`` and a float32 ``b`` rounded to ``like``'s dtype; FINE
+        splits b = b_hi + b_lo into two 16-bit operands (two products, ~twice the mantissa)."""
+        b_hi = to_operand(b, like, UPCAST)
+        b_r = dot(a, b_hi, PRECISION, UPCAST)
+        if FINE:
+            b_r += dot(a, to_operand(b - b_hi.to(b.dtype), like, UPCAST), PRECISION, UPCAST)
+        return b_r
+
     @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
     def chunk_bwd_kernel_dq(
         q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
@@ -81,10 +91,16 @@ if HAVE_TRITON:
         D: tl.constexpr, E: tl.constexpr,
         BT: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
         CAUSAL: tl.constexpr, DECAY: tl.constexpr, USE_INIT: tl.constexpr, USE_DH: tl.constexpr,
-        SLOPE_GRAD: tl.constexpr, IS_VARLEN: tl.constexpr,
+        SLOPE_GRAD: tl.constexpr, FINE: tl.constexpr, IS_VARLEN: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
     ):
-        """dq[:, slice] for one split; with SLOPE_GRAD also this program's share of ds."""
+        """dq[:, slice] for one split; with SLOPE_GRAD also this program's share of ds.
+
+        FINE (16-bit inputs with SLOPE_GRAD): the state-side operands of the products that
+        feed ds (S and Ṫ read by do, the weighted v entering S and Ṫ) are split into two
+        16-bit parts. The ds terms are long sums over those states; a single rounding of
+        S to 16 bits made ds ~20× less accurate than the same formula in that dtype (fuzz
+        finding triton-backward-e62d3fff65, float16 with packed sequences)."""
         tl.static_assert(BE >= E, "one program holds all E channels of do and v")
         NK = tl.cdiv(D, BK)
         pid = tl.program_id(0).to(tl.int64)
@@ -126,7 +142,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: do Sᵀ
-            b_dqi = dot(b_do, to_operand(tl.trans(b_h), b_do, UPCAST), PRECISION, UPCAST)  # [BT, BK]
+            b_dqi = dot_fine(b_do, tl.trans(b_h), b_do, PRECISION, UPCAST, FINE)  # [BT, BK]
             b_dq = b_dqi
             if CAUSAL:
                 b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -142,7 +158,7 @@ if HAVE_TRITON:
                 if SLOPE_GRAD:
                     b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                     b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BT, BT] this slice's share of q kᵀ
-                    b_dqt = dot(b_do, to_operand(tl.trans(b_tan), b_do, UPCAST), PRECISION, UPCAST)  # [BT, BK] do Ṫᵀ
+                    b_dqt = dot_fine(b_do, tl.trans(b_tan), b_do, PRECISION, UPCAST, FINE)  # [BT, BK] do Ṫᵀ
                     b_qf = b_q.to(b_dqi.dtype)
                     b_row = (
                         -tl.sum(b_dist * b_dP * b_A, axis=1)
@@ -151,13 +167,14 @@ if HAVE_TRITON:
                     )  # [BT]
                     b_ds += b_row[None, :]
                     # Ṫ ← λ^L (Ṫ - L·S) - kᵀ((L-1-b) λ^(L-1-b) ⊙ v)
-                    b_vx = to_operand(b_v * ((L - 1 - o_a) * b_wk)[:, None], b_v, UPCAST)
-                    b_tan = (b_tan - L * b_h) * b_lam - dot(tl.trans(b_k), b_vx, PRECISION, UPCAST)
+                    b_vx = b_v * ((L - 1 - o_a) * b_wk)[:, None]  # [BT, BE]
+                    b_tan = (b_tan - L * b_h) * b_lam - dot_fine(tl.trans(b_k), b_vx, b_v, PRECISION, UPCAST, FINE)
                 # -- S ← λ^L S + kᵀ (λ^(L-1-b) ⊙ v)
                 if DECAY:
                     b_h = b_h * b_lam
-                    b_v = to_operand(b_v * b_wk[:, None], b_v, UPCAST)
-                b_h += dot(tl.trans(b_k), b_v, PRECISION, UPCAST)
+                    b_h += dot_fine(tl.trans(b_k), b_v * b_wk[:, None], b_v, PRECISION, UPCAST, FINE)
+                else:
+                    b_h += dot(tl.trans(b_k), b_v, PRECISION, UPCAST)
             p_dq = dq + (i_q + o_t[:, None]) * D + o_k[None, :]
             tl.store(p_dq, (b_dq * scale).to(p_dq.dtype.element_ty), mask=m_t[:, None] & m_k[None, :])
 
