@@ -10,7 +10,10 @@
 3. determinism: two backward runs must be bitwise equal;
 4. timings with CUDA events (median), forward+backward and peak memory:
    the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]) vs reference;
-   bfloat16 B=4 H=12 N=4096 D=64 (same mask kind) vs reference and triton (if importable).
+   bfloat16 B=4 H=12 N=4096 D=64 (same mask kind) vs reference and triton (if importable);
+5. for the next round of tuning: fwd+bwd under each forced tile configuration
+   (LINATTN_CUDA_CONFIG = warps x buffers), per-kernel GPU times from torch.profiler, and
+   ptxas -v (registers, spills, stack) of every kernel, compiled for the GPU present.
 Each item is caught and reported on its own; the summary table is printed last.
 """
 from __future__ import annotations
@@ -227,7 +230,85 @@ def time_backend(backend, B, H, N, D, dtype, *, reps=10):
     flops_f = 2.0 * B * H * N * N * (D + D)  # q kᵀ and P v
     return {"backend": backend, "B": B, "H": H, "N": N, "D": D, "dtype": str(dtype)[6:], "fwd_ms": t_f,
             "fwd_bwd_ms": t_fb, "peak_mem_MiB": peak / 2**20, "fwd_TFLOPs": flops_f / t_f / 1e9,
-            "fwd_bwd_TFLOPs": 3.0 * flops_f / t_fb / 1e9}
+            "fwd_bwd_TFLOPs": 4.0 * flops_f / t_fb / 1e9}  # backward runs three products of forward's size
+
+
+def config_sweep(label, B, H, N, D, dtype, reps):
+    """fwd+bwd of backend cuda under each forced (warps x buffers) configuration of the product kernel."""
+    rows = []
+    for cfg in ("8x2", "4x2", "8x1", "4x1"):
+        os.environ["LINATTN_CUDA_CONFIG"] = cfg
+        try:
+            r = guarded("config", f"{label}/{cfg}")(time_backend)("cuda", B, H, N, D, dtype, reps=reps)
+        finally:
+            os.environ.pop("LINATTN_CUDA_CONFIG", None)
+        if r is not None:
+            rows.append({"label": label, "config": cfg, "fwd_ms": r["fwd_ms"], "fwd_bwd_ms": r["fwd_bwd_ms"]})
+            log(f"config {label:12s} {cfg}: fwd {r['fwd_ms']:.3f} ms, fwd+bwd {r['fwd_bwd_ms']:.3f} ms")
+    RESULTS.setdefault("configs", []).extend(rows)
+
+
+def profile_kernels(label, B, H, N, D, dtype):
+    """GPU time per kernel name over 3 fwd+bwd steps of backend cuda (torch.profiler)."""
+    import linattn
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator(device=DEV).manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, generator=g, device=DEV, dtype=dtype, requires_grad=True) for _ in range(3))
+    M = torch.randint(0, 2, (1, 1, N, N), generator=g, device=DEV).to(dtype)
+    do = torch.randn(B, H, N, D, generator=g, device=DEV, dtype=dtype)
+    for _ in range(2):
+        linattn.linear_attention(q, k, v, M, backend="cuda").backward(do)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            linattn.linear_attention(q, k, v, M, backend="cuda").backward(do)
+        torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None)
+        if t is None:
+            t = getattr(ev, "cuda_time_total", 0.0)
+        if t and t > 0:
+            rows.append({"label": label, "kernel": ev.key[:90], "calls": ev.count, "total_ms": t / 1e3 / 3,
+                         "per_call_ms": t / 1e3 / max(ev.count, 1)})
+    rows.sort(key=lambda r: -r["total_ms"])
+    for r in rows[:8]:
+        log(f"profile {label}: {r['total_ms']:8.3f} ms/step  {r['calls']:3d} calls  {r['kernel']}")
+    RESULTS.setdefault("profile", []).extend(rows[:12])
+
+
+def ptxas_stats():
+    """Registers, spills and stack of every kernel, from nvcc -Xptxas -v for the GPU present."""
+    import re
+    import subprocess
+    import tempfile
+
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    from linattn.backends.cuda import loader
+
+    _, gencode = loader.arch_flag(torch.device("cuda", 0))
+    procs = []
+    tmp = tempfile.mkdtemp()
+    for src in ("kernels_f32.cu", "kernels_bf16.cu", "kernels_f16.cu"):
+        cmd = [loader.nvcc_path(), "-std=c++17", "-O3", gencode, "-Xptxas", "-v", *COMMON_NVCC_FLAGS,
+               "-I", str(loader.CSRC), "-c", str(loader.CSRC / src), "-o", os.path.join(tmp, src + ".o")]
+        procs.append((src, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    rows = []
+    for src, pr in procs:
+        out, _ = pr.communicate(timeout=150)
+        name = None
+        for line in out.splitlines():
+            m = re.search(r"Compiling entry function '([^']+)'", line)
+            if m:
+                name = m.group(1).replace("_ZN7linattn", "")[:70]
+                rows.append({"file": src, "kernel": name, "line": ""})
+            elif name and ("spill" in line or "registers" in line):
+                rows[-1]["line"] += " " + line.split(":", 1)[-1].strip()
+    for r in rows:
+        log(f"ptxas {r['file']:16s} {r['kernel']:70s}{r['line']}")
+    RESULTS["ptxas"] = rows
 
 
 def timing(label, B, H, N, D, dtype, backends, reps):
@@ -306,6 +387,13 @@ def main():
     timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference"], reps=10)
     timing("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16,
            ["cuda", "reference"] + (["triton"] if have_triton else []), reps=5)
+    # 5. for the next round
+    config_sweep("seed fp32", 16, 12, 1024, 64, torch.float32, reps=5)
+    config_sweep("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16, reps=3)
+    guarded("profile", "seed fp32")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
+    guarded("profile", "bf16 N=4096")(profile_kernels)("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16)
+    if time.time() - T0 < 200:
+        guarded("ptxas", "all")(ptxas_stats)()
     finish()
     return 0
 
@@ -337,6 +425,11 @@ def finish():
         print(f"{r['label']:14s} {r['backend']:10s} {r['fwd_ms']:9.3f} {r['fwd_bwd_ms']:11.3f} "
               f"{r['peak_mem_MiB']:10.1f} {r.get('speedup_vs_reference', float('nan')):7.2f}x "
               f"{r.get('mem_vs_reference', float('nan')):5.2f}x")
+    for r in RESULTS.get("configs", []):
+        print(f"config {r['label']:14s} {r['config']}: fwd {r['fwd_ms']:.3f} ms  fwd+bwd {r['fwd_bwd_ms']:.3f} ms")
+    for r in RESULTS.get("ptxas", []):
+        if "masked_product" in r["kernel"]:
+            print(f"ptxas {r['kernel'][:60]:60s}{r['line']}")
     print(f"errors: {len(RESULTS['errors'])}" + "".join(f"\n  {e['section']}/{e['item']}: {e['error'][:300]}"
                                                          for e in RESULTS["errors"]))
     print(f"total {time.time() - T0:.0f}s", flush=True)

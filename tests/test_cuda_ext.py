@@ -69,7 +69,8 @@ def test_build_directory_honours_torch_extensions_dir(tmp_path, monkeypatch):
 
 
 def test_every_kernel_file_explains_its_tiling():
-    for name in ("masked_product.cuh", "mask_grad.cuh", "engine_ffma.cuh", "engine_wmma.cuh"):
+    for name in ("masked_product.cuh", "mask_grad.cuh", "engine_mma.cuh", "mma.cuh", "engine_ffma.cuh",
+                 "engine_wmma.cuh"):
         head = (loader.CSRC / name).read_text().split("#pragma once")[0]
         assert "Tiling" in head or "tile" in head.lower(), name
         assert len(head.splitlines()) >= 10, name
@@ -205,6 +206,18 @@ def test_emulated_kernels_match_float64(case, dtype):
 def test_emulated_state(decay, dtype):
     p, _ = _problem(2, 4, 2, 65, 65, 7, 5, decay=decay, state=True)
     _compare(p, dtype, causal=True, final=True)
+
+
+@needs_emu
+@pytest.mark.parametrize("config,dtype", [("8x2", torch.float32), ("4x2", torch.float32), ("8x1", torch.float32),
+                                          ("4x1", torch.float32), ("4x1", torch.bfloat16)],
+                         ids=["8x2-f32", "4x2-f32", "8x1-f32", "4x1-f32", "4x1-bf16"])
+def test_emulated_every_tile_configuration(config, dtype, monkeypatch):
+    """Each (warps x buffers) configuration of the product kernel, forced: the single-buffer and
+    4-warp paths otherwise run only when shared memory is short (large D)."""
+    monkeypatch.setenv("LINATTN_CUDA_CONFIG", config)
+    p, _ = _problem(1, 2, 1, 70, 70, 12, 9, mask_shape=(1, 2, 70, 70), decay=True)
+    _compare(p, dtype, causal=True)
 
 
 @needs_emu

@@ -2,13 +2,15 @@
 
 The seed's fifth variant, done right: flash-style tiles for every mask kind (dense of any
 broadcast shape, causal, decay, dense × causal/decay) with the dense-mask and slopes
-gradients, MQA/GQA without expanding K/V, any N and M, D and E up to 256, float32 (FFMA
-tiles) and float16/bfloat16 (tensor-core MMA, float32 accumulation), no atomics, and a
-deterministic backward. Read in this order:
+gradients, MQA/GQA without expanding K/V, any N and M, D and E up to 256, float32
+(3xTF32 tensor-core MMA: float32 accuracy) and float16/bfloat16 (tensor-core MMA, float32
+accumulation), no atomics, and a deterministic backward. Read in this order:
 
 * ``csrc/masked_product.cuh`` — the one kernel behind o, dq, dk and dv, and its tiling;
 * ``csrc/mask_grad.cuh`` — the dense-mask and slopes gradients;
-* ``csrc/engine_ffma.cuh``, ``csrc/engine_wmma.cuh`` — the 64 x 64 tile products;
+* ``csrc/engine_mma.cuh``, ``csrc/mma.cuh`` — the product kernel's warp tiles (mma.sync in
+  registers, 3xTF32 for float32); ``csrc/engine_ffma.cuh``, ``csrc/engine_wmma.cuh`` — the
+  64 x 64 tile products of the mask-gradient kernel;
 * ``function.py`` — the autograd Function and the state terms;
 * ``loader.py`` — the build (ninja, cached, for the GPU present); ``emulator.py`` — the
   same kernels on the CPU for tests (``LINATTN_CUDA_EMULATE=1``).
@@ -50,7 +52,7 @@ def get_ops(device: torch.device):
 BACKEND = Backend(
     name="cuda",
     fn=cuda_forward,
-    description="CUDA C++ extension: tiled kernels for every mask kind, FFMA (fp32) / tensor cores (fp16, bf16)",
+    description="CUDA C++ extension: tiled kernels for every mask kind on tensor cores (3xTF32 for fp32; fp16, bf16)",
     devices=frozenset({"cpu", "cuda"}) if emulator.ENABLED else frozenset({"cuda"}),
     dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
     mask_kinds=frozenset(MASK_KINDS),

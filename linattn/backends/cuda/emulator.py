@@ -31,7 +31,7 @@ __all__ = ["unavailable", "EmulatedOps", "get_ops", "ENABLED"]
 
 ENABLED = os.environ.get("LINATTN_CUDA_EMULATE", "0") == "1"
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-_EMU_SOURCES = ("emu/emu_lib.cpp", "emu/emu.h", "kernels.cuh", "common.cuh", "engine_ffma.cuh",
+_EMU_SOURCES = ("emu/emu_lib.cpp", "emu/emu.h", "kernels.cuh", "common.cuh", "engine_ffma.cuh", "engine_mma.cuh", "mma.cuh",
                 "engine_wmma.cuh", "masked_product.cuh", "mask_grad.cuh", "problem.h", "launch.h")
 _lock = threading.Lock()
 _lib = None

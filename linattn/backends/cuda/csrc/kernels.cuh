@@ -4,15 +4,22 @@
 #include "common.cuh"
 #include "engine_ffma.cuh"
 #include "engine_wmma.cuh"
+#include "engine_mma.cuh"
 #include "masked_product.cuh"
 #include "mask_grad.cuh"
 #include "launch.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 #ifdef LINATTN_EMULATE
-#define LINATTN_LAUNCH(kernel, blocks, smem, stream, ...) emu::launch(kernel, dim3(blocks), dim3(NT), smem, __VA_ARGS__)
+#define LINATTN_LAUNCH_T(kernel, blocks, threads, smem, stream, ...) \
+  emu::launch(kernel, dim3(blocks), dim3(threads), smem, __VA_ARGS__)
 #else
-#define LINATTN_LAUNCH(kernel, blocks, smem, stream, ...) kernel<<<dim3(blocks), dim3(NT), smem, stream>>>(__VA_ARGS__)
+#define LINATTN_LAUNCH_T(kernel, blocks, threads, smem, stream, ...) \
+  kernel<<<dim3(blocks), dim3(threads), smem, stream>>>(__VA_ARGS__)
 #endif
+#define LINATTN_LAUNCH(kernel, blocks, smem, stream, ...) LINATTN_LAUNCH_T(kernel, blocks, NT, smem, stream, __VA_ARGS__)
 
 namespace linattn {
 
@@ -45,18 +52,54 @@ inline const char* launch_status() {
 #endif
 }
 
-template <class Eng>
-const char* launch_product_t(const ProductArgs& p, cudaStream_t stream) {
+// The opt-in shared memory per block of the current GPU (227 KiB on Hopper).
+inline size_t smem_optin() {
+#ifdef LINATTN_EMULATE
+  return 232448;
+#else
+  int dev = 0, optin = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) return 0;
+  return (size_t)optin;
+#endif
+}
+
+template <class Eng, int WARPS>
+const char* launch_product_cfg(const ProductArgs& p, cudaStream_t stream, int stages, size_t smem) {
+  constexpr int BMr = 16 * WARPS;
   const int nR = p.col_mode ? p.m : p.n;
-  const int64_t tiles_r = (nR + BM - 1) / BM, tiles_e = (p.ec + BE - 1) / BE;
+  const int64_t tiles_r = (nR + BMr - 1) / BMr, tiles_e = (p.ec + BE - 1) / BE;
   const int64_t heads = p.col_mode ? p.kv_heads : p.heads;
   const int64_t blocks = tiles_r * tiles_e * p.batch * heads;
   if (blocks == 0) return nullptr;
   if (blocks > kMaxBlocks) return "too many tiles for one launch";
-  const size_t smem = ProductLayout<Eng>(nullptr, p.da, p.mask != nullptr).bytes;
-  if (const char* why = prepare_smem(masked_product_kernel<Eng>, smem)) return why;
-  LINATTN_LAUNCH(masked_product_kernel<Eng>, blocks, smem, stream, p, (int)tiles_r, (int)tiles_e);
+  if (const char* why = prepare_smem(masked_product_kernel<Eng, WARPS>, smem)) return why;
+  LINATTN_LAUNCH_T((masked_product_kernel<Eng, WARPS>), blocks, 32 * WARPS, smem, stream, p, (int)tiles_r,
+                   (int)tiles_e, stages);
   return launch_status();
+}
+
+// The masked product with the largest configuration that fits the GPU's shared memory, in the
+// order 8 warps / 2 buffers, 4 warps / 2 buffers, 8 warps / 1 buffer, 4 warps / 1 buffer.
+// LINATTN_CUDA_CONFIG=<warps>x<stages> (e.g. 4x1) forces one, for experiments.
+template <class Eng>
+const char* launch_product_t(const ProductArgs& p, cudaStream_t stream) {
+  const size_t optin = smem_optin();
+  const bool m = p.mask != nullptr;
+  int force_w = 0, force_s = 0;
+  if (const char* env = std::getenv("LINATTN_CUDA_CONFIG")) {
+    if (std::sscanf(env, "%dx%d", &force_w, &force_s) != 2) force_w = force_s = 0;
+  }
+  const int order[4][2] = {{8, 2}, {4, 2}, {8, 1}, {4, 1}};
+  for (const auto& cfg : order) {
+    const int w = cfg[0], st = cfg[1];
+    if (force_w && (w != force_w || st != force_s)) continue;
+    const size_t bytes = w == 8 ? ProductTiles<Eng, 8>(nullptr, p.da, m, p.col_mode, st).bytes
+                                : ProductTiles<Eng, 4>(nullptr, p.da, m, p.col_mode, st).bytes;
+    if (bytes > optin) continue;
+    return w == 8 ? launch_product_cfg<Eng, 8>(p, stream, st, bytes) : launch_product_cfg<Eng, 4>(p, stream, st, bytes);
+  }
+  return "the tiles need more shared memory than this GPU gives one block";
 }
 
 template <class Eng>

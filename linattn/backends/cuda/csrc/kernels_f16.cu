@@ -2,6 +2,6 @@
 #include "kernels.cuh"
 
 namespace linattn {
-const char* launch_product_f16(const ProductArgs& p, cudaStream_t s) { return launch_product_t<WmmaEngine<__half>>(p, s); }
+const char* launch_product_f16(const ProductArgs& p, cudaStream_t s) { return launch_product_t<HalfMmaEngine<__half>>(p, s); }
 const char* launch_mask_grad_f16(const MaskGradArgs& p, cudaStream_t s) { return launch_mask_grad_t<WmmaEngine<__half>>(p, s); }
 }  // namespace linattn

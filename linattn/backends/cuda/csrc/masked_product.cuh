@@ -1,6 +1,6 @@
 // One kernel, four uses: the masked product behind o, dq, dk and dv.
 //
-// The PyTorch blocked variant computes, for one block of 64 queries and one block of 64 keys,
+// The PyTorch blocked variant computes, for one block of queries and one block of keys,
 //     S = Q_blk @ K_blk.T;   P = S * W_blk;   O_blk += P @ V_blk
 // and loops over key blocks. The gradients have exactly the same shape (DESIGN.md):
 //     dq  = scale * (dO Vᵀ ⊙ W)  K          row mode: a = dO, b = V,  c = K
@@ -9,54 +9,100 @@
 //     dk  = scale * (V  dOᵀ ⊙ Wᵀ) Q         col mode: a = V,  b = dO, c = Q
 // so one kernel computes out = scale * ((a bᵀ) ⊙ W') c with W' = W (row mode) or Wᵀ (col mode).
 //
-// Tiling. One block owns 64 output rows (r) and 64 output channels (e) of one head:
-//   * its a rows, [64, DA], are loaded once into shared memory;
-//   * it loops over the contracted index c in tiles of 64: load b [64, DA], c [64, 64] and,
-//     with a dense mask, the mask tile; S = a bᵀ (64 x 64, float32); P = S ⊙ W'; O += P c;
-//   * in col mode it also loops over the query heads of its kv group (GQA/MQA), so dk and dv
-//     come out summed over the group in a fixed order: no atomics, no expanded K/V;
-//   * causal and decay factors come from the indices; with causal, tiles wholly above the
-//     diagonal are never visited (row mode stops at the diagonal, col mode starts there);
+// Tiling. One block of `WARPS` warps owns BM = 16 * WARPS output rows (r) and 64 output
+// channels (e) of one head; warp w owns rows 16w..16w+15 (engine_mma.cuh does its products
+// in registers):
+//   * the block's a rows, [BM, DA], are copied once into shared memory;
+//   * it loops over the contracted index c in tiles of BNc (32 for float32, 64 for halves):
+//     b [BNc, DA], c [BNc, 64] and, with a dense mask, the mask tile are copied with cp.async
+//     into one of two buffers while the warps compute on the other (double buffering; one
+//     buffer when two do not fit, e.g. DA = 256 in float32);
+//   * each warp: S = a bᵀ (registers), S ⊙= W' (mask tile from shared memory, causal and
+//     decay factors from the indices), O += P c (registers);
+//   * in col mode the loop also runs over the query heads of the kv group (GQA/MQA), so dk
+//     and dv come out summed over the group in a fixed order: no atomics, no expanded K/V;
+//   * with causal, tiles wholly above the diagonal are never visited (row mode stops at the
+//     diagonal, col mode starts there);
 //   * E > 64 is split over blocks (the grid's channel tiles); DA is whole (up to 256).
-// Rows past N or M and channels past DA or EC are zero-filled in shared memory, so any
-// length works without padding the tensors. The engine (engine_ffma.cuh for float32,
-// engine_wmma.cuh for float16/bfloat16) does the two tile products.
+// Rows past N or M and channels past DA or EC are zero-filled in shared memory (cp.async
+// zero-fill), so any length works without padding the tensors. The host picks the largest
+// configuration that fits: 8 warps and two buffers first (kernels.cuh).
 #pragma once
 #include "common.cuh"
+#include "engine_mma.cuh"
+#include "mma.cuh"
 
 namespace linattn {
 
+// dst[r][c] = src[(row0 + r) * si + (col0 + c) * sj] for r < rows, c < cols (cols a multiple of
+// 16 bytes), zero where row0 + r >= nrows or col0 + c >= ncols. With unit column stride and
+// 16-byte aligned vectors, one cp.async per 16 bytes (zero-fill past the ends; the rare vector
+// that straddles ncols is stored element by element); otherwise element by element.
+template <class T, int NTH>
+__device__ __forceinline__ void load_tile(T* dst, int ld, const T* src, int64_t si, int64_t sj, int row0, int nrows,
+                                          int rows, int col0, int ncols, int cols) {
+  constexpr int V = 16 / (int)sizeof(T);
+  if (sj == 1 && si % V == 0 && col0 % V == 0 && aligned16(src)) {
+    const int cpr = cols / V;
+    for (int idx = threadIdx.x; idx < rows * cpr; idx += NTH) {
+      const int r = idx / cpr, c = (idx - r * cpr) * V;
+      const int gr = row0 + r, gc = col0 + c;
+      T* d = dst + r * ld + c;
+      if (gr < nrows && gc + V <= ncols) {
+        cp_async16(d, src + gr * si + gc, true);
+      } else if (gr >= nrows || gc >= ncols) {
+        cp_async16(d, src, false);
+      } else {
+#pragma unroll
+        for (int u = 0; u < V; ++u) d[u] = gc + u < ncols ? src[gr * si + gc + u] : Num<T>::from_f(0.f);
+      }
+    }
+    return;
+  }
+  for (int idx = threadIdx.x; idx < rows * cols; idx += NTH) {
+    const int r = idx / cols, c = idx - r * cols;
+    const int gr = row0 + r, gc = col0 + c;
+    dst[r * ld + c] = (gr < nrows && gc < ncols) ? src[gr * si + gc * sj] : Num<T>::from_f(0.f);
+  }
+}
+
 // The shared-memory layout of one block; the host sizes the launch with the same code.
-template <class Eng>
-struct ProductLayout {
+template <class Eng, int WARPS>
+struct ProductTiles {
   using T = typename Eng::T;
-  using PT = typename Eng::PT;
-  T* As;       // a rows                      [64 x DA]   (engine layout)
-  T* Bs;       // b rows of the current tile  [64 x DA]
-  T* Cs;       // c rows of the current tile  [64][LDC]
-  PT* Ps;      // the masked score tile P     (engine layout)
-  float* Ss;   // float score / output staging tile [64][LDS]
-  float* Ms;   // dense-mask tile [64][LDM], when there is one (may share P's memory)
+  static constexpr int BMr = 16 * WARPS;
+  T* As;  // a rows                              [BMr][ld_op(DA)]
+  T* Bs;  // b rows, buffer s at Bs + s * bstep  [BNc][ld_op(DA)]
+  T* Cs;  // c rows, buffer s at Cs + s * cstep  [BNc][LDC]  (64 channels)
+  T* Ms;  // mask tile, buffer s at Ms + s * mstep, or null:
+          //   row mode [BMr][BNc + PADM] (i = r, j = c), col mode [BNc][BMr + PADM] (i = c, j = r)
+  int ldm, bstep, cstep, mstep;  // element offsets between the two buffers (0 with one buffer)
   size_t bytes;
-  LINATTN_HD ProductLayout(unsigned char* base, int da, bool has_mask) {
+  LINATTN_HD ProductTiles(unsigned char* base, int da, bool has_mask, bool col, int stages) {
     Carver cv(base);
-    As = cv.template take<T>(Eng::op_elems(da));
-    Bs = cv.template take<T>(Eng::op_elems(da));
-    Cs = cv.template take<T>(Eng::c_elems());
-    Ps = cv.template take<PT>(Eng::p_elems());
-    Ss = Eng::kScoresAliasP ? reinterpret_cast<float*>(Ps) : cv.template take<float>((size_t)BM * LDS);
-    if (!has_mask) Ms = nullptr;
-    else if (Eng::kMaskAliasP) Ms = reinterpret_cast<float*>(Ps);  // BN * LDM <= p_elems()
-    else Ms = cv.template take<float>((size_t)BN * LDM);
+    const int lda = Eng::ld_op(da);
+    ldm = col ? BMr + Eng::PADM : Eng::BNc + Eng::PADM;
+    const int mrows = col ? Eng::BNc : BMr;
+    // each buffer is a multiple of 128 bytes, so buffer 1 directly follows buffer 0
+    bstep = stages > 1 ? (int)(align128((size_t)Eng::BNc * lda * sizeof(T)) / sizeof(T)) : 0;
+    cstep = stages > 1 ? (int)(align128((size_t)Eng::BNc * Eng::LDC * sizeof(T)) / sizeof(T)) : 0;
+    mstep = stages > 1 && has_mask ? (int)(align128((size_t)mrows * ldm * sizeof(T)) / sizeof(T)) : 0;
+    As = cv.template take<T>((size_t)BMr * lda);
+    Bs = cv.template take<T>((size_t)Eng::BNc * lda * stages);
+    Cs = cv.template take<T>((size_t)Eng::BNc * Eng::LDC * stages);
+    Ms = has_mask ? cv.template take<T>((size_t)mrows * ldm * stages) : nullptr;
     bytes = cv.offset;
   }
 };
 
-template <class Eng>
-__global__ void __launch_bounds__(NT) masked_product_kernel(ProductArgs p, int tiles_r, int tiles_e) {
+template <class Eng, int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) masked_product_kernel(ProductArgs p, int tiles_r, int tiles_e,
+                                                                    int stages) {
   using T = typename Eng::T;
+  constexpr int NTH = 32 * WARPS, BMr = 16 * WARPS, BC = Eng::BNc, NJ = Eng::NJ;
   LINATTN_DYN_SMEM(smem);
-  const ProductLayout<Eng> L(smem, p.da, p.mask != nullptr);
+  const bool col = p.col_mode;
+  const ProductTiles<Eng, WARPS> L(smem, p.da, p.mask != nullptr, col, stages);
 
   // -- which tile: row tile fastest, so neighbouring blocks share one head's b and c in L2
   int64_t bid = blockIdx.x;
@@ -64,74 +110,104 @@ __global__ void __launch_bounds__(NT) masked_product_kernel(ProductArgs p, int t
   bid /= tiles_r;
   const int et = (int)(bid % tiles_e);
   const int z = (int)(bid / tiles_e);  // b * out_heads + out_head
-  const bool col = p.col_mode;
   const int G = p.heads / p.kv_heads;
   const int out_heads = col ? p.kv_heads : p.heads;
   const int b = z / out_heads, ho = z % out_heads;
   const int nR = col ? p.m : p.n;  // output rows
   const int nC = col ? p.n : p.m;  // contracted length
-  const int r0 = rt * BM, e0 = et * BE;
+  const int r0 = rt * BMr, e0 = et * BE;
   const int bc_heads = col ? p.heads : p.kv_heads;
+  const int Kp = Eng::kpad(p.da), lda = Eng::ld_op(p.da);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
 
-  const T* a_rows = static_cast<const T*>(p.a) + (int64_t)z * nR * p.da;
-  Eng::load_op(L.As, a_rows, r0, nR, p.da);  // [64, DA], read by every tile below
+  // -- the iterations: (query head of the group, contracted tile), causal range only
+  const int h_lo = col ? ho * G : ho, nh = col ? G : 1;
+  int c_lo = 0, c_hi = nC;
+  if (p.causal) {
+    if (col) c_lo = (r0 / BC) * BC;
+    else c_hi = imin(nC, r0 + BMr);
+  }
+  const int nct = c_hi > c_lo ? (c_hi - c_lo + BC - 1) / BC : 0;
+  const int n_it = nh * nct;
 
-  typename Eng::Acc acc;
-  Eng::zero(acc);
-  const int h_lo = col ? ho * G : ho;
-  const int h_hi = col ? ho * G + G : ho + 1;
-  for (int h = h_lo; h < h_hi; ++h) {
-    const int hb = col ? h : h / G;  // head of b and c
-    const int64_t bc = (int64_t)b * bc_heads + hb;
-    const T* b_rows = static_cast<const T*>(p.b) + bc * nC * p.da;
-    const T* c_rows = static_cast<const T*>(p.c) + bc * nC * p.ec;
-    const bool decay = p.slopes != nullptr;
-    const float slope = decay ? p.slopes[h] : 0.f;
-    const T* mask_bh = p.mask ? static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh : nullptr;
-
-    // -- causal: row mode (i = r, j = c) stops at the diagonal; col mode (i = c, j = r) starts there
-    int c_lo = 0, c_hi = nC;
-    if (p.causal) {
-      if (col) c_lo = (r0 / BN) * BN;
-      else c_hi = imin(nC, r0 + BM);
+  auto issue = [&](int it, int buf) {  // cp.async the tiles of iteration `it` into buffer `buf`
+    const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
+    const int64_t bc = (int64_t)b * bc_heads + (col ? h : h / G);  // head of b and c
+    load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, static_cast<const T*>(p.b) + bc * nC * p.da, p.da, 1, c0, nC, BC, 0, p.da,
+                      Kp);                                                            // [BNc, Kp]
+    load_tile<T, NTH>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec, p.ec, 1, c0, nC, BC, e0,
+                      p.ec, BE);                                                      // [BNc, 64]
+    if (p.mask) {
+      const T* mbh = static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh;
+      if (col) load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, BC, r0, p.m, BMr);
+      else load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, BMr, c0, p.m, BC);
     }
-    for (int c0 = c_lo; c0 < c_hi; c0 += BN) {
-      Eng::load_op(L.Bs, b_rows, c0, nC, p.da);        // [64, DA]
-      Eng::load_c(L.Cs, c_rows, c0, nC, e0, p.ec);     // [64, 64]
-      if (mask_bh) load_mask_tile(L.Ms, mask_bh, p.mask_si, p.mask_sj, col ? c0 : r0, col ? r0 : c0, p.n, p.m);
-      __syncthreads();
+    cp_async_commit();
+  };
 
-      const float* Ms = L.Ms;
-      const bool causal = p.causal;
-      auto weight = [=](int rl, int cl) -> float {  // W'(r0 + rl, c0 + cl)
-        const int r = r0 + rl, c = c0 + cl;
-        float w = col ? causal_decay(c, r, causal, decay, slope) : causal_decay(r, c, causal, decay, slope);
-        if (Ms) w *= col ? Ms[cl * LDM + rl] : Ms[rl * LDM + cl];
-        return w;
-      };
-      Eng::scores_to_p(L.Ps, L.As, L.Bs, p.da, L.Ss, weight);  // P = (a bᵀ) ⊙ W'   [64, 64]
-      __syncthreads();
-      Eng::accumulate(acc, L.Ps, L.Cs);  // O += P c   [64, 64]
-      __syncthreads();
+  float o[8][4];  // O rows 16w + g (+8), channels 8n + 2t (+1)
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+
+  if (n_it > 0) {
+    load_tile<T, NTH>(L.As, lda, static_cast<const T*>(p.a) + (int64_t)z * nR * p.da, p.da, 1, r0, nR, BMr, 0, p.da,
+                      Kp);  // [BMr, Kp], committed with the first tiles
+    issue(0, 0);
+  }
+  const T* Aw = L.As + warp * 16 * lda;
+  const bool decay = p.slopes != nullptr;
+  for (int it = 0; it < n_it; ++it) {
+    const int cur = stages == 2 ? (it & 1) : 0;
+    if (stages == 2 && it + 1 < n_it) {
+      issue(it + 1, cur ^ 1);  // that buffer was last read before the previous barrier
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
     }
+    __syncthreads();  // every thread's copies of this iteration's tiles have landed
+
+    float s[NJ][4];  // S rows 16w + g (+8), columns c0 + 8j + 2t (+1)
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
+    Eng::scores(s, Aw, L.Bs + cur * L.bstep, lda, Kp);
+
+    if (p.causal || p.mask) {  // P = S ⊙ W'
+      const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
+      const float slope = decay ? p.slopes[h] : 0.f;
+      const T* Ms = p.mask ? L.Ms + cur * L.mstep : nullptr;
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int rl = warp * 16 + g + 8 * (e >> 1), cl = 8 * j + 2 * t + (e & 1);
+          const int r = r0 + rl, c = c0 + cl;
+          float w = col ? causal_decay(c, r, p.causal, decay, slope) : causal_decay(r, c, p.causal, decay, slope);
+          if (Ms) w *= Num<T>::to_f(col ? Ms[cl * L.ldm + rl] : Ms[rl * L.ldm + cl]);
+          s[j][e] *= w;
+        }
+    }
+    Eng::accumulate(o, s, L.Cs + cur * L.cstep);
+    __syncthreads();  // the buffers of `cur` may be refilled now
+    if (stages == 1 && it + 1 < n_it) issue(it + 1, 0);
   }
 
-  // -- write out scale * O (the staging tile may alias P: every reader of P is past the last sync)
-  Eng::store_acc(L.Ss, acc);
-  __syncthreads();
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int rl = warp; rl < BM; rl += NT / 32) {
-    const int r = r0 + rl;
-    if (r >= nR) break;
-    const int64_t row = ((int64_t)z * nR + r) * p.ec;
-    for (int el = lane; el < BE; el += 32) {
-      const int e = e0 + el;
-      if (e >= p.ec) break;
-      const float val = p.scale * L.Ss[rl * LDS + el];
-      if (p.out_f32) static_cast<float*>(p.out)[row + e] = val;
-      else static_cast<T*>(p.out)[row + e] = Num<T>::from_f(val);
+  // -- write out scale * O straight from the accumulators
+#pragma unroll
+  for (int n = 0; n < 8; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = r0 + warp * 16 + g + 8 * (e >> 1), ch = e0 + 8 * n + 2 * t + (e & 1);
+      if (r < nR && ch < p.ec) {
+        const int64_t idx = ((int64_t)z * nR + r) * p.ec + ch;
+        const float val = p.scale * o[n][e];
+        if (p.out_f32) static_cast<float*>(p.out)[idx] = val;
+        else static_cast<T*>(p.out)[idx] = Num<T>::from_f(val);
+      }
     }
-  }
 }
 
 }  // namespace linattn

@@ -6,6 +6,10 @@
 // nvcuda::wmma is emulated by giving every lane a full copy of the 16 x 16 fragment (float
 // math); load/store check the pointer alignment (32 bytes) and ldm rules of the real API, and
 // only lane 0 stores, so a missing barrier after a store shows up as stale data.
+// mma.sync is emulated with the register layouts of the PTX ISA: the 32 lanes of a warp
+// deposit their fragments, meet at a per-warp barrier, and each lane computes its own
+// accumulator elements from the others' fragments (emu::warp_mma). ldmatrix and cp.async
+// are emulated per lane (cp.async copies at once, which is one legal schedule).
 // What this cannot catch: bank conflicts, register pressure, real races between warps that
 // the barrier hides; compute-sanitizer (gpu/cuda_sanitize.sh) covers those on a GPU.
 #pragma once
@@ -21,6 +25,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -42,6 +47,23 @@ inline void fail(const char* msg) {
   int expected = 0;
   if (error.compare_exchange_strong(expected, 1)) std::snprintf(error_msg, sizeof(error_msg), "%s", msg);
 }
+
+// float -> tf32 bits, round to nearest with ties away from zero (cvt.rna.tf32.f32)
+inline uint32_t tf32_rna(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+  return u;
+}
+
+// Per-warp exchange for mma.sync: two slots (alternating), so one barrier per call suffices.
+struct WarpSlot {
+  float a[32][8];
+  float b[32][8 * 4];
+};
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
+inline std::vector<WarpSlot> warp_slots;  // 2 per warp
+inline thread_local int warp_parity = 0;
 }  // namespace emu
 
 #define threadIdx (emu::tidx)
@@ -114,6 +136,46 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, 
 }  // namespace nvcuda
 
 namespace emu {
+// acc[j][e] += (A B_j)[row(e)][col(e)] for this lane, j < nj. kind 0: m16n8k8 3xTF32, a = 4 hi
+// then 4 lo values, b = per j {hi b0, hi b1, lo b0, lo b1}; kind 1: m16n8k16 half, a = the 8
+// elements of a0..a3 (low half first), b = per j the 4 elements of b0, b1.
+inline void warp_mma(int kind, int nj, const float* a, const float* b, float* acc) {
+  const int lane = tidx.x % 32, w = tidx.x / 32;
+  WarpSlot& slot = warp_slots[2 * w + warp_parity];
+  warp_parity ^= 1;
+  std::memcpy(slot.a[lane], a, 8 * sizeof(float));
+  std::memcpy(slot.b[lane], b, (size_t)nj * 4 * sizeof(float));
+  warp_bars[w]->arrive_and_wait();
+  const int g = lane / 4, t = lane % 4;
+  for (int j = 0; j < nj; ++j)
+    for (int e = 0; e < 4; ++e) {
+      const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+      float d = acc[4 * j + e];
+      if (kind == 0) {
+        float sums[3] = {0.f, 0.f, 0.f};  // lo*hi, hi*lo, hi*hi
+        for (int k = 0; k < 8; ++k) {
+          const int al = (row % 8) * 4 + k % 4, ai = (row >= 8) + 2 * (k >= 4);
+          const int bl = col * 4 + k % 4, bi = (k >= 4);
+          const float ahi = slot.a[al][ai], alo = slot.a[al][4 + ai];
+          const float bhi = slot.b[bl][4 * j + bi], blo = slot.b[bl][4 * j + 2 + bi];
+          sums[0] = std::fmaf(alo, bhi, sums[0]);
+          sums[1] = std::fmaf(ahi, blo, sums[1]);
+          sums[2] = std::fmaf(ahi, bhi, sums[2]);
+        }
+        d = ((d + sums[0]) + sums[1]) + sums[2];
+      } else {
+        float sum = 0.f;
+        for (int k = 0; k < 16; ++k) {
+          const int al = (row % 8) * 4 + (k % 8) / 2, ai = (k % 2) + 2 * (row >= 8) + 4 * (k >= 8);
+          const int bl = col * 4 + (k % 8) / 2, bi = (k % 2) + 2 * (k >= 8);
+          sum = std::fmaf(slot.a[al][ai], slot.b[bl][4 * j + bi], sum);
+        }
+        d += sum;
+      }
+      acc[4 * j + e] = d;
+    }
+}
+
 template <class... P, class... A>
 void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
   const unsigned nt = block.x * block.y * block.z;
@@ -125,10 +187,15 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args)
   gdim = grid;
   std::barrier<> b(nt);
   bar = &b;
+  const unsigned nw = (nt + 31) / 32;
+  warp_bars.clear();
+  for (unsigned w = 0; w < nw; ++w) warp_bars.emplace_back(std::make_unique<std::barrier<>>(nt - 32 * w < 32 ? nt - 32 * w : 32));
+  warp_slots.assign(2 * nw, WarpSlot{});
   std::vector<std::thread> threads;
   for (unsigned t = 0; t < nt; ++t) {
     threads.emplace_back([&, t] {
       tidx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
+      warp_parity = 0;
       for (long long blk = 0; blk < nblocks; ++blk) {
         if (t == 0) std::memset(base, 0xFF, smem);  // NaN everywhere
         bidx = dim3(blk % grid.x, (blk / grid.x) % grid.y, blk / ((long long)grid.x * grid.y));

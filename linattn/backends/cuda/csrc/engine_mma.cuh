@@ -1,0 +1,140 @@
+// The tensor-core engines of the masked product: one warp owns 16 output rows, and the score
+// tile S, its weighted copy P and the output accumulator O all live in registers.
+//
+// Read one iteration of masked_product.cuh's loop as the blocked PyTorch variant's
+//     S = A_blk @ B_blk.T;   P = S * W_blk;   O_blk += P @ C_blk
+// for the warp's 16 rows: `scores` walks the head dimension in k-steps (8 for tf32, 16 for
+// halves) and keeps S as NJ accumulator fragments of 16 x 8 (NJ = BNc / 8 columns of the
+// contracted index); the kernel multiplies each fragment element by W(r, c) in place;
+// `accumulate` feeds those very registers back as the A operand of O += P C, 64 output
+// channels = 8 accumulator fragments. No score tile ever goes through shared memory and
+// there is no barrier between the two products.
+//
+// Feeding the accumulator back as an A operand works because the accumulator layout
+// (row g: cols 2t, 2t+1; row g+8: same) is, for halves, exactly the A layout of m16n8k16
+// over two neighbouring 8-column tiles. For tf32 (m16n8k8, A columns t and t+4) it is not,
+// but the columns of P are a summation index: A slot t holds P column 2t and slot t+4 holds
+// column 2t+1, and the B fragment reads C rows 2t and 2t+1 to match. Same sum, no shuffle.
+//
+// Shared-memory tiles (rows of 16-byte vectors, filled by cp.async in masked_product.cuh):
+//   A (a rows) [16 * warps][ld_op(DA)], B (b rows) [BNc][ld_op(DA)], C [BNc][LDC]
+// row-major, head dimension zero-padded to the k-step. Row strides are padded so that the
+// fragment loads of a warp hit 32 distinct banks (ld_op = kpad + 4 floats / + 8 halves).
+//
+// float32 runs in 3xTF32 (mma.cuh): three tf32 MMAs per product, float32-level accuracy.
+// float16 / bfloat16: P is rounded to the input dtype for the second product (as flash
+// attention does); the sums are float32.
+#pragma once
+#include "common.cuh"
+#include "mma.cuh"
+
+namespace linattn {
+
+struct Tf32x3Engine {
+  using T = float;
+  static constexpr int BNc = 32;       // contracted columns per tile
+  static constexpr int NJ = BNc / 8;   // accumulator fragments of S
+  static constexpr int LDC = BE + 4;   // C tile row stride: rows 2t, 2t+1 of a fragment on distinct banks
+  static constexpr int PADM = 4;       // mask tile row padding
+  LINATTN_HD static int kpad(int K) { return (K + 7) / 8 * 8; }
+  LINATTN_HD static int ld_op(int K) { return kpad(K) + 4; }
+
+  // s[j] += A_w B_jᵀ: A_w = 16 rows at Aw, B = BNc rows at Bs (both row stride ld), k < Kp.
+  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const float* Aw, const float* Bs, int ld, int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float* a0 = Aw + g * ld + t;        // rows g and g + 8, columns t and t + 4
+    const float* b0 = Bs + g * ld + t;        // row 8j + g, columns t and t + 4
+    for (int k0 = 0; k0 < Kp; k0 += 8) {
+      uint32_t ahi[4], alo[4], bhi[NJ][2], blo[NJ][2];
+      split_tf32(a0[k0], ahi[0], alo[0]);
+      split_tf32(a0[8 * ld + k0], ahi[1], alo[1]);
+      split_tf32(a0[k0 + 4], ahi[2], alo[2]);
+      split_tf32(a0[8 * ld + k0 + 4], ahi[3], alo[3]);
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        split_tf32(b0[8 * j * ld + k0], bhi[j][0], blo[j][0]);
+        split_tf32(b0[8 * j * ld + k0 + 4], bhi[j][1], blo[j][1]);
+      }
+      mma_tf32x3<NJ>(s, ahi, alo, bhi, blo);
+    }
+  }
+
+  // o[n] += P C: P = s (16 x BNc, accumulator layout), C = [BNc][LDC] at Cs, 64 channels.
+  static __device__ __forceinline__ void accumulate(float (&o)[8][4], const float (&s)[NJ][4], const float* Cs) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int kk = 0; kk < NJ; ++kk) {
+      uint32_t ahi[4], alo[4];
+      // A slot t <- P column 2t, slot t + 4 <- column 2t + 1 (rows g, g + 8)
+      split_tf32(s[kk][0], ahi[0], alo[0]);
+      split_tf32(s[kk][2], ahi[1], alo[1]);
+      split_tf32(s[kk][1], ahi[2], alo[2]);
+      split_tf32(s[kk][3], ahi[3], alo[3]);
+      const float* c0 = Cs + (8 * kk + 2 * t) * LDC + g;  // C rows 8kk + 2t, 8kk + 2t + 1
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // 4 channel fragments at a time (fewer live registers)
+        uint32_t bhi[4][2], blo[4][2];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          split_tf32(c0[8 * (4 * half + n)], bhi[n][0], blo[n][0]);
+          split_tf32(c0[LDC + 8 * (4 * half + n)], bhi[n][1], blo[n][1]);
+        }
+        mma_tf32x3<4>(*reinterpret_cast<float(*)[4][4]>(&o[4 * half][0]), ahi, alo, bhi, blo);
+      }
+    }
+  }
+};
+
+template <class Tin>
+struct HalfMmaEngine {
+  using T = Tin;
+  static constexpr int BNc = 64;
+  static constexpr int NJ = BNc / 8;
+  static constexpr int LDC = BE + 8;   // 144-byte rows: ldmatrix rows on distinct banks
+  static constexpr int PADM = 8;
+  LINATTN_HD static int kpad(int K) { return round16(K); }
+  LINATTN_HD static int ld_op(int K) { return round16(K) + 8; }
+
+  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const T* Aw, const T* Bs, int ld, int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const T* a0 = Aw + g * ld + 2 * t;
+    const T* b0 = Bs + g * ld + 2 * t;
+    for (int k0 = 0; k0 < Kp; k0 += 16) {
+      uint32_t a[4], b[NJ][2];
+      a[0] = ld_pair(a0 + k0);
+      a[1] = ld_pair(a0 + 8 * ld + k0);
+      a[2] = ld_pair(a0 + k0 + 8);
+      a[3] = ld_pair(a0 + 8 * ld + k0 + 8);
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        b[j][0] = ld_pair(b0 + 8 * j * ld + k0);
+        b[j][1] = ld_pair(b0 + 8 * j * ld + k0 + 8);
+      }
+      mma_half_row<T, NJ>(s, a, b);
+    }
+  }
+
+  static __device__ __forceinline__ void accumulate(float (&o)[8][4], const float (&s)[NJ][4], const T* Cs) {
+#pragma unroll
+    for (int kk = 0; kk < NJ / 2; ++kk) {
+      // P columns 16kk..16kk+15 are the fragments 2kk and 2kk + 1 of S: the A layout as is
+      uint32_t a[4], b[8][2];
+      a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int n = 0; n < 8; n += 2) {
+        uint32_t r[4];
+        ldsm_x4_trans(r, Cs + 16 * kk * LDC + 8 * n, LDC);
+        b[n][0] = r[0];
+        b[n][1] = r[1];
+        b[n + 1][0] = r[2];
+        b[n + 1][1] = r[3];
+      }
+      mma_half_row<T, 8>(o, a, b);
+    }
+  }
+};
+
+}  // namespace linattn

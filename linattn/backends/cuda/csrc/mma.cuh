@@ -1,0 +1,205 @@
+// Warp-level building blocks of the tensor-core engine (engine_mma.cuh): mma.sync, the
+// 3xTF32 split, ldmatrix, cp.async. Each wrapper is a few lines of inline PTX on the GPU;
+// under the CPU emulator (LINATTN_EMULATE, emu/emu.h) the same call runs an emulation with
+// the register layouts of the PTX ISA, so the fragment index math of the engine is tested.
+//
+// Fragment layouts used throughout (lane = 4 g + t, g = lane / 4, t = lane % 4):
+//   accumulator 16 x 8 (f32):  c0, c1 = (row g,   cols 2t, 2t+1)   c2, c3 = (row g+8, same cols)
+//   m16n8k8 tf32   A 16 x 8:   a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)
+//                  B  8 x 8:   b0 (k t, n g)  b1 (k t+4, n g)
+//   m16n8k16 half  A 16 x 16:  a0 = (g, 2t..2t+1)  a1 = (g+8, 2t..)  a2 = (g, 2t+8..)  a3 = (g+8, 2t+8..)
+//                  B 16 x 8:   b0 = (k 2t..2t+1, n g)  b1 = (k 2t+8..2t+9, n g)
+//   (each half register holds two elements, the lower index in the low 16 bits).
+//
+// 3xTF32: x = hi + lo with hi = tf32(x), lo = tf32(x - hi); a b ≈ a_lo b_hi + a_hi b_lo + a_hi b_hi
+// keeps about 21 significant bits of every product (the dropped a_lo b_lo is below 2^-22 of a b), and
+// every sum is float32: float32 accuracy at tensor-core speed.
+#pragma once
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace linattn {
+
+// -- float -> tf32 (round to nearest, ties away), and its value as float --------------------------
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+#ifndef LINATTN_EMULATE
+  uint32_t u;
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(u) : "f"(x));
+  return u;
+#else
+  return emu::tf32_rna(x);
+#endif
+}
+
+__device__ __forceinline__ float tf32_value(uint32_t u) {
+  float x;
+  memcpy(&x, &u, sizeof(x));
+  return x;
+}
+
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(x - tf32_value(hi));
+}
+
+// -- two half-precision values <-> one 32-bit register ----------------------------------------
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+#ifndef LINATTN_EMULATE
+  if constexpr (std::is_same<T, __half>::value) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+#else
+  const T a = Num<T>::from_f(lo), b = Num<T>::from_f(hi);
+  uint16_t ua, ub;
+  memcpy(&ua, &a, 2);
+  memcpy(&ub, &b, 2);
+  return (uint32_t)ua | ((uint32_t)ub << 16);
+#endif
+}
+
+// Two consecutive T at p (4-byte aligned) as one register.
+template <class T>
+__device__ __forceinline__ uint32_t ld_pair(const T* p) {
+#ifndef LINATTN_EMULATE
+  return *reinterpret_cast<const uint32_t*>(p);
+#else
+  if (reinterpret_cast<uintptr_t>(p) % 4 != 0) emu::fail("ld_pair: address not 4-byte aligned");
+  uint32_t u;
+  memcpy(&u, p, 4);
+  return u;
+#endif
+}
+
+// -- mma.sync over NJ accumulator tiles that share one A fragment ----------------------------
+#ifndef LINATTN_EMULATE
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+template <class T>
+__device__ __forceinline__ void mma_half(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same<T, __half>::value) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
+}
+#endif
+
+// acc[j] += A B_j in 3xTF32 (small terms first), j < NJ.
+template <int NJ>
+__device__ __forceinline__ void mma_tf32x3(float (&acc)[NJ][4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
+                                           const uint32_t (&bhi)[NJ][2], const uint32_t (&blo)[NJ][2]) {
+#ifndef LINATTN_EMULATE
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) {
+    mma_tf32(acc[j], alo, bhi[j]);
+    mma_tf32(acc[j], ahi, blo[j]);
+    mma_tf32(acc[j], ahi, bhi[j]);
+  }
+#else
+  float a[8], b[NJ * 4];
+  for (int i = 0; i < 4; ++i) {
+    a[i] = tf32_value(ahi[i] & 0xffffe000u);
+    a[4 + i] = tf32_value(alo[i] & 0xffffe000u);
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int i = 0; i < 2; ++i) {
+      b[4 * j + i] = tf32_value(bhi[j][i] & 0xffffe000u);
+      b[4 * j + 2 + i] = tf32_value(blo[j][i] & 0xffffe000u);
+    }
+  emu::warp_mma(0, NJ, a, b, &acc[0][0]);
+#endif
+}
+
+// acc[j] += A B_j for float16 / bfloat16 fragments, j < NJ.
+template <class T, int NJ>
+__device__ __forceinline__ void mma_half_row(float (&acc)[NJ][4], const uint32_t (&a)[4], const uint32_t (&b)[NJ][2]) {
+#ifndef LINATTN_EMULATE
+#pragma unroll
+  for (int j = 0; j < NJ; ++j) mma_half<T>(acc[j], a, b[j]);
+#else
+  auto unpack = [](uint32_t u, float* out) {
+    const uint16_t lo = (uint16_t)(u & 0xffffu), hi = (uint16_t)(u >> 16);
+    T x, y;
+    memcpy(static_cast<void*>(&x), &lo, 2);
+    memcpy(static_cast<void*>(&y), &hi, 2);
+    out[0] = Num<T>::to_f(x);
+    out[1] = Num<T>::to_f(y);
+  };
+  float af[8], bf[NJ * 4];
+  for (int i = 0; i < 4; ++i) unpack(a[i], af + 2 * i);
+  for (int j = 0; j < NJ; ++j) {
+    unpack(b[j][0], bf + 4 * j);
+    unpack(b[j][1], bf + 4 * j + 2);
+  }
+  emu::warp_mma(1, NJ, af, bf, &acc[0][0]);
+#endif
+}
+
+// -- ldmatrix.x4.trans: B fragments of two 16 x 8 tiles from a row-major [k][n] tile -----------
+// tile points at element (k0, n0), row stride ld (elements, ld * sizeof(T) % 16 == 0). Returns
+// r[0], r[1] = b0, b1 of columns n0..n0+7 and r[2], r[3] = b0, b1 of columns n0+8..n0+15.
+// Lane l gives the address of row (l % 8) + 8 ((l / 8) % 2), column 8 (l / 16): matrix l / 8.
+template <class T>
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const T* tile, int ld) {
+  const int lane = threadIdx.x & 31;
+  const T* p = tile + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
+#ifndef LINATTN_EMULATE
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s));
+#else
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu::fail("ldmatrix: row address not 16-byte aligned");
+  const int g = lane >> 2, t = lane & 3;
+  for (int m = 0; m < 4; ++m) {
+    const T* base = tile + ((m & 1) * 8) * ld + (m >> 1) * 8;  // matrix m
+    uint16_t lo, hi;
+    memcpy(&lo, base + (2 * t) * ld + g, 2);
+    memcpy(&hi, base + (2 * t + 1) * ld + g, 2);
+    r[m] = (uint32_t)lo | ((uint32_t)hi << 16);
+  }
+#endif
+}
+
+// -- cp.async: 16 bytes global -> shared, zero-filled when !valid (src is then not read) ------
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#ifndef LINATTN_EMULATE
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#else
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
+    emu::fail("cp.async: address not 16-byte aligned");
+  if (valid) memcpy(dst, src, 16);
+  else memset(dst, 0, 16);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#ifndef LINATTN_EMULATE
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#ifndef LINATTN_EMULATE
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+}  // namespace linattn
