@@ -229,6 +229,7 @@ def test_verify_cli_writes_reports(tmp_path):
     assert "conformance matrix" in (tmp_path / "verify.md").read_text()
 
 
+@pytest.mark.filterwarnings("ignore:float16 overflow")
 def test_verify_cli_exit_status_on_failure(tmp_path):
     from linattn.__main__ import main
 

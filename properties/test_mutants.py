@@ -12,6 +12,9 @@ import pytest
 from linattn.testing import check_backend
 from linattn.testing.mutants import MUTANTS, mutant
 
+# the dropped-tile mutant leaves rows NaN (poisoned memory); the API warns about them
+pytestmark = pytest.mark.filterwarnings("ignore:float16 overflow")
+
 
 @pytest.mark.parametrize("defect", list(MUTANTS))
 def test_ci_profile_rejects_mutant(defect):

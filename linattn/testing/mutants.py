@@ -271,3 +271,43 @@ REQUIRED = (
 EXTRA = ("scale_not_in_backward", "initial_state_not_decayed", "varlen_state_leak")
 MUTANTS = {d: mutant(d) for d in REQUIRED + EXTRA}
 
+
+
+def measure_mutants(profile: str = "ci", pinned: bool = True, defects=None) -> list:
+    """Run check_backend on each mutant (fail_fast); return one row per mutant:
+    (defect, rejected, property, quantity, examples to first failure, seconds to first
+    failure, seconds in all including shrinking, the shrunk problem)."""
+    from .check import check_backend
+
+    rows = []
+    for defect in defects or MUTANTS:
+        rep = check_backend(MUTANTS[defect], profile=profile, fail_fast=True, pinned=pinned, keep_measurements=False)
+        bad = next((p for p in rep.properties if p.status == "fail"), None)
+        before = sum(p.examples for p in rep.properties if p is not bad)  # examples of earlier properties
+        before_s = sum(p.seconds for p in rep.properties if p is not bad)
+        if bad is None:
+            rows.append((defect, False, "-", "-", before, None, rep.seconds, ""))
+            continue
+        qty = ""
+        for line in bad.message.splitlines():
+            parts = line.split()
+            if parts and parts[0] in ("o", "final_state", "dq", "dk", "dv", "dmask", "dslopes", "dinitial_state"):
+                qty = parts[0]
+                break
+        first = bad.message.splitlines()[0] if bad.message else ""
+        shrunk = first.split(" failed on ", 1)[1] if " failed on " in first else first[:80]
+        rows.append((defect, True, bad.property, qty or "(error)", before + (bad.first_failure_example or 0),
+                     before_s + (bad.first_failure_seconds or 0.0), rep.seconds, shrunk))
+    return rows
+
+
+if __name__ == "__main__":  # python -m linattn.testing.mutants [--no-pinned]
+    import sys
+
+    pinned = "--no-pinned" not in sys.argv
+    print(f"| mutant | rejected | by property | quantity | examples to rejection | seconds to rejection | "
+          f"seconds incl. shrinking | shrunk problem |  (ci profile, pinned examples {'on' if pinned else 'off'})")
+    print("|---|---|---|---|---|---|---|---|")
+    for d, ok, prop, qty, n, s, total, shrunk in measure_mutants(pinned=pinned):
+        print(f"| {d} | {'yes' if ok else '**NO**'} | {prop} | {qty} | {n} | "
+              f"{'-' if s is None else f'{s:.1f}'} | {total:.1f} | `{shrunk}` |", flush=True)
