@@ -193,10 +193,21 @@ def relayout_fn(fn: Callable, problem: Problem) -> Callable:
 
 
 def log2_bound(problem: StrangeProblem) -> float:
-    """A generous log2 of the largest |score · mask| and |o| the problem can produce
-    (inputs are O(1) before scaling; 5 standard deviations)."""
-    D, M = max(problem.D, 1), max(problem.M, 1)
-    mask_top = (problem.mask_exp + problem.mask_spread + 2) if problem.dense else 0
-    scores = problem.q_exp + problem.k_exp + math.log2(D) + 2 * 2.3 + mask_top
-    out = scores + problem.v_exp + 2.3 + math.log2(M)
-    return max(scores, out)
+    """A generous log2 of the largest entry the problem can produce in o or any gradient
+    (inputs and upstream gradients are O(1) before scaling; 5 standard deviations):
+
+        scores q·k·m ~ q k D m       o ~ scores v M        dq ~ do v k m M E
+        dk ~ do v q m N E            dv ~ q k m do N D     dmask ~ do v q k D E
+    """
+    D, E, N, M = (max(x, 1) for x in (problem.D, problem.E, problem.N, problem.M))
+    m = (problem.mask_exp + problem.mask_spread + 2) if problem.dense else 0
+    qe, ke, ve, tail = problem.q_exp, problem.k_exp, problem.v_exp, 2.3
+    lg = math.log2
+    return max(
+        qe + ke + lg(D) + 2 * tail + m,                       # scores
+        qe + ke + ve + lg(D * M) + 3 * tail + m,              # o
+        ke + ve + lg(M * E) + 3 * tail + m,                   # dq
+        qe + ve + lg(N * E) + 3 * tail + m,                   # dk
+        qe + ke + lg(N * D) + 3 * tail + m,                   # dv
+        qe + ke + ve + lg(D * E) + 4 * tail,                  # dmask
+    )

@@ -217,8 +217,8 @@ class Float16OverflowWarning(RuntimeWarning):
 
 
 #: Float16 overflow check. Costs, float16 calls only: forward, one ``isfinite`` pass over
-#: ``o`` and one device-to-host sync; backward (when q, k or v require grad), one pass over
-#: ``do`` and one over ``dq, dk, dv``, each with a sync. Skipped while compiling or capturing
+#: ``o`` and one device-to-host sync; backward (when q, k, v or the mask require grad), one
+#: pass over ``do`` and one over ``dq, dk, dv, dmask``, each with a sync. Skipped while compiling or capturing
 #: a CUDA graph. Turn off with ``LINATTN_FP16_CHECK=0`` or by setting this to False.
 CHECK_FLOAT16_OVERFLOW = os.environ.get("LINATTN_FP16_CHECK", "1") != "0"
 
@@ -277,22 +277,23 @@ class _WatchOutputGrad(torch.autograd.Function):
 
 
 class _WatchInputGrads(torch.autograd.Function):
-    """Identity on ``q, k, v``; its backward warns when dq, dk or dv overflow float16."""
+    """Identity on ``q, k, v, mask``; its backward warns when dq, dk, dv or dmask overflow
+    float16 (the slopes and state gradients are float32)."""
 
     @staticmethod
-    def forward(ctx, watch, q, k, v):
+    def forward(ctx, watch, q, k, v, mask):
         ctx.watch = watch
-        return q.view_as(q), k.view_as(k), v.view_as(v)
+        return q.view_as(q), k.view_as(k), v.view_as(v), (None if mask is None else mask.view_as(mask))
 
     @staticmethod
-    def backward(ctx, dq, dk, dv):
-        grads = [g for g in (dq, dk, dv) if g is not None]
+    def backward(ctx, dq, dk, dv, dmask):
+        grads = [g for g in (dq, dk, dv, dmask) if g is not None]
         w = ctx.watch
         if w.o_finite and w.do_finite and not _all_finite(*grads) and _all_finite(*w.inputs):
             bad = sum(int((~torch.isfinite(g)).sum()) for g in grads)
-            _warn_fp16("the gradients dq, dk, dv", bad, sum(g.numel() for g in grads),
+            _warn_fp16("the gradients dq, dk, dv, dmask", bad, sum(g.numel() for g in grads),
                        "the inputs, the output o and the incoming gradient do")
-        return None, dq, dk, dv
+        return None, dq, dk, dv, dmask
 
 
 def _is_empty(req: Request) -> bool:
@@ -358,9 +359,11 @@ def linear_attention(
     q_in, k_in, v_in = q, k, v
     check16 = not _is_empty(req) and _fp16_check_wanted(q)
     watch = None
-    if check16 and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+    if check16 and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, mask4)
+    ):
         watch = _Fp16GradWatch((q, k, v, mask4, s0))
-        q, k, v = _WatchInputGrads.apply(watch, q, k, v)
+        q, k, v, mask4 = _WatchInputGrads.apply(watch, q, k, v, mask4)
     kw = dict(causal=causal, decay=decay, scale=scale, output_final_state=output_final_state)
     if cu is None:
         o, st = fn(q, k, v, mask4, initial_state=s0, **kw)

@@ -872,3 +872,29 @@ def test_triton_dense_float64_is_refused_not_crashed():
             lambda: linear_attention(q, q, q, _rand(5, 5), backend="triton"))
     o = linear_attention(q, q, q, causal=True, backend="triton")  # float64 without a dense mask: served
     torch.testing.assert_close(o, linear_attention(q, q, q, causal=True, backend="reference"))
+
+
+def test_triton_chunk_n_ne_m_is_refused_not_crashed():
+    """Pinned from fuzz/failures/triton-forward-f8ead1664b.json: a non-causal problem with
+    N != M and no dense mask reached the chunk kernels, which raised ValueError mid-call."""
+    b = linattn.get_backend("triton")
+    if b.available() is not None:
+        pytest.skip(f"triton: {b.available()}")
+    q, k = _rand(1, 1, 13, 8, dtype=torch.float32), _rand(1, 1, 44, 8, dtype=torch.float32, seed=1)
+    _raises(linattn.UnsupportedRequest, ["backend 'triton' cannot serve", "N != M", "Backends that can"],
+            lambda: linear_attention(q, k, k, backend="triton"))
+
+
+@pytest.mark.parametrize("backend", [b.name for b in BACKENDS if torch.float16 in b.dtypes
+                                     and "dense" in b.mask_kinds and b.mask_grad])
+def test_float16_mask_gradient_overflow_warns(backend):
+    """Pinned from fuzz/failures/blocked_indexed-backward-eaa77d9547.json: dmask = dP ⊙ A
+    overflowed float16 with finite o and finite dq, dk, dv, and nothing said so."""
+    q, k, v = (t.float() for t in _qkv(B=1, H=4, Hkv=2, N=31, M=31, D=1, E=1, seed=0))
+    q, k = (q * 8).half().requires_grad_(), (k * 512).half().requires_grad_()
+    v = v.half().requires_grad_()
+    mask = (_rand(1, 4, 31, 31, seed=3) * 0.5).half().requires_grad_()
+    o = _call(q, k, v, mask, backend=backend)
+    with pytest.warns(Float16OverflowWarning, match="dmask"):
+        (o.float() * 30).sum().backward()
+    assert not torch.isfinite(mask.grad).all()

@@ -46,9 +46,12 @@ def triton_forward(
 
 
 def _dense_dtypes(req) -> Optional[str]:
-    """Dense masks go to the triton_dense kernels, which take no float64."""
+    """What the routing above cannot serve: dense masks go to the triton_dense kernels,
+    which take no float64; the chunk kernels need N == M."""
     if req.dense and req.dtype == torch.float64:
         return "a dense mask in float64 (its triton_dense kernels take float16, bfloat16 or float32)"
+    if not req.dense and req.N != req.M:
+        return f"N != M (N={req.N}, M={req.M}) without a dense mask (its chunk kernels need N == M)"
     return None
 
 
