@@ -12,7 +12,7 @@ The band
 --------
 A backend in dtype X passes when
 
-    ||x − x₆₄||  <=  F · ||x_X − x₆₄||  +  c · ( u_out·||x₆₄|| + u_acc·sqrt(K)·||T|| ) + tiny
+    ||x − x₆₄||  <=  F · ||x_X − x₆₄||  +  c · ( u_out·||x₆₄|| + u_acc·sqrt(K)·||T|| + u_state·||T_λ|| ) + tiny
 
 that is, e(x) <= F·e_ref,X + floor, where
 
@@ -42,6 +42,13 @@ that is, e(x) <= F·e_ref,X + floor, where
     Measuring against T, not against x₆₄, is what keeps quantities that cancel to ~0 in
     float64 (a slope gradient when the decay is large, a mask gradient where the terms
     have both signs) from demanding an impossible relative accuracy.
+  - with decay, ``u_state·‖T_λ‖``: a recurrence that steps token by token multiplies the
+    state by λ = exp(-s), rounded once in the state dtype, at every step, so a term at
+    decay distance d carries that one rounding d times — a *systematic* relative error
+    d·δ (|δ| <= u_state), which adds up coherently, not like sqrt(K). ``T_λ`` holds, per
+    element, Σ d·|term| (:func:`linattn.testing.reference.decay_terms_outcome`), so this
+    is the error of an exact recurrence with a once-rounded λ. Decoding one token per call
+    cannot avoid it (each call sees only λ), so the band admits it for every backend.
   - c = 2 covers "a couple" of such roundings; ``tiny`` is c·(smallest normal of the
     result dtype)·sqrt(numel), so that exact zeros compare as zeros.
 
@@ -212,6 +219,9 @@ def measure(
         e_ref_abs = 0.0
     tiny = FLOOR_C * torch.finfo(rdt).tiny * math.sqrt(max(x64.numel(), 1))
     floor = FLOOR_C * (u_out * n64 + u_acc * math.sqrt(K) * _norm(T)) + tiny
+    if getattr(evaluation, "decay_terms", None) is not None and quantity in evaluation.decay_terms:
+        u_state = unit_roundoff(state_dtype(p.torch_dtype))  # λ = exp(-s) rounded once, compounded
+        floor += FLOOR_C * u_state * _norm(part(evaluation.decay_terms[quantity]).double())
     band_abs = runs * (FACTOR * e_ref_abs + floor)
     frac = num / band_abs if band_abs > 0 else (0.0 if num == 0 else math.inf)
     denom = n64 if n64 > 0 else 1.0

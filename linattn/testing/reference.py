@@ -30,6 +30,7 @@ For one :class:`~linattn.testing.problem.Problem` :func:`evaluate` computes thre
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import Optional
@@ -40,7 +41,7 @@ from .._api import linear_attention
 from ..backends._common import effective_mask, expand_kv, state_dtype
 from .problem import Outcome, Problem, ProblemTensors
 
-__all__ = ["Evaluation", "evaluate", "naive_in_dtype", "oracle_fn", "terms_outcome"]
+__all__ = ["Evaluation", "evaluate", "naive_in_dtype", "oracle_fn", "terms_outcome", "decay_terms_outcome"]
 
 oracle_fn = functools.partial(linear_attention, backend="reference")
 oracle_fn.__doc__ = "linear_attention(..., backend='reference'): the oracle, run on float64 copies."
@@ -54,6 +55,7 @@ class Evaluation:
     oracle: Outcome  # float64
     naive: Optional[Outcome]  # in the problem's dtypes; None for float64 problems
     terms: Outcome  # float64, >= 0, same shapes as oracle
+    decay_terms: Optional[Outcome] = None  # Σ (i-j)·|term| per element (decay problems only)
 
 
 def _as_float64(t: ProblemTensors) -> ProblemTensors:
@@ -68,7 +70,30 @@ def evaluate(problem: Problem) -> Evaluation:
     if problem.dtype != "float64":
         naive = problem.run(naive_in_dtype, problem.tensors)
     terms = terms_outcome(problem, t64)
-    return Evaluation(problem, oracle, naive, terms)
+    decay_terms = decay_terms_outcome(problem, t64) if problem.decay else None
+    return Evaluation(problem, oracle, naive, terms, decay_terms)
+
+
+#: Step for the finite difference in the slopes (float64; second-order error h·(i-j)/2).
+_DECAY_STEP = 1e-6
+
+
+def decay_terms_outcome(problem: Problem, t64: Optional[ProblemTensors] = None) -> Outcome:
+    """Per element, Σ (i-j)·|term|: how much a relative error δ in the decay factor
+    λ = exp(-s), compounded once per step of distance, moves each quantity (δ times this).
+
+    Every quantity of the problem with all tensors replaced by their absolute values is a
+    sum of positive terms |t|·exp(-s·x) with x the decay distance (i-j, i+1, N-1-j, ...),
+    so its derivative in s is -Σ x·|t|·exp(-s·x): a forward difference of two float64
+    oracle runs (slopes s and s+h) gives it without cancellation.
+    """
+    if t64 is None:
+        t64 = _as_float64(problem.tensors)
+    absd = t64.map(lambda name, x: x if name == "slopes" else x.abs())
+    p = problem.replace(scale=abs(problem.scale))
+    base = p.run(oracle_fn, absd)
+    moved = p.run(oracle_fn, dataclasses.replace(absd, slopes=absd.slopes + _DECAY_STEP))
+    return Outcome({q: ((base[q] - moved[q]).abs() / _DECAY_STEP) for q in base})
 
 
 def terms_outcome(problem: Problem, t64: Optional[ProblemTensors] = None) -> Outcome:
