@@ -70,12 +70,14 @@ def _kinds(b):
     return sorted(b.mask_kinds)
 
 
-def _dtype_for(b):
-    """The most precise dtype the backend accepts (float64 where it can)."""
-    for dt in (torch.float64, torch.float32):
-        if dt in b.dtypes:
+def _dtype_for(b, kind="none"):
+    """The most precise dtype the backend serves for this mask kind (float64 where it can)."""
+    for dt in (torch.float64, torch.float32, torch.float16):
+        req = linattn.Request(device="cpu", dtype=dt, B=1, H=2, Hkv=1, N=8, M=8, D=4, E=4, mask_kind=kind,
+                              mask_shape=(1, 2, 8, 8) if kind.startswith("dense") else None)
+        if b.unsupported(req) is None:
             return dt
-    return torch.float16
+    return torch.float32
 
 
 def _rand(*shape, dtype=torch.float64, seed=0, lo=0.5, hi=1.5):
@@ -480,7 +482,7 @@ def _exact_grads(q, k, v, kw, seed_o, seed_s):
 def test_varlen_with_empty_sequences(backend):
     """Empty packed sequences pass the state through untouched; the rest equals one call each."""
     b = linattn.get_backend(backend)
-    dtype = _dtype_for(b)
+    dtype = _dtype_for(b, "decay")
     q, k, v = _qkv(B=1, N=9, M=9, dtype=dtype)
     s = torch.tensor([0.05, 0.3, 1.0, 2.5], dtype=dtype)
     s0 = _rand(3, 4, 5, 3, dtype=torch.float64 if dtype == torch.float64 else torch.float32, seed=4)
@@ -610,7 +612,7 @@ def _nan_cases():
 @pytest.mark.parametrize("backend, kind, target, value, where", _nan_cases())
 def test_nan_inf_propagation_is_bracketed(backend, kind, target, value, where):
     b = linattn.get_backend(backend)
-    dtype = _dtype_for(b)
+    dtype = _dtype_for(b, kind)
     p = _nan_problem(kind, target, float(value), where, seed=11)
     state = p["s0"] is not None
     inputs = dict(q=p["q"], k=p["k"], v=p["v"], mask=p["mask"], decay=p["decay"], initial_state=p["s0"])
@@ -660,8 +662,8 @@ def test_nan_pins_exactly_where_oracles_agree(backend):
             inputs = dict(q=p["q"], k=p["k"], v=p["v"], mask=p["mask"], decay=p["decay"], initial_state=p["s0"])
             dS = _rand(2, 4, 5, 3, seed=13) if state else None
 
-            def run(name):
-                dtype = _dtype_for(linattn.get_backend(name))
+            def run(name, kind=kind):
+                dtype = _dtype_for(linattn.get_backend(name), kind)
 
                 def f(q, k, v, mask=None, decay=None, initial_state=None):
                     c = lambda t: None if t is None else t.to(dtype)  # noqa: E731
@@ -784,7 +786,7 @@ def _layout_cases():
 @pytest.mark.parametrize("backend, kind", _layout_cases())
 def test_hostile_layouts_give_the_contiguous_answer(backend, kind):
     b = linattn.get_backend(backend)
-    dtype = _dtype_for(b)
+    dtype = _dtype_for(b, kind)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
     interp = os.environ.get("TRITON_INTERPRET") == "1" and backend.startswith("triton")
     B, H, Hkv, N, D, E = (2, 4, 2, 19, 6, 5) if interp else (2, 4, 2, 67, 12, 7)
