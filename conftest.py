@@ -8,6 +8,7 @@
     --max-examples K                  examples per property (overrides the profile)
     --no-poison                       do not fill uninitialised memory with NaN
     --no-pinned                       skip the properties' pinned @example problems
+    --no-shrink                       report failures unshrunk (the Triton interpreter is slow)
 
 Every test runs with ``torch.empty``/``empty_like``/``empty_strided``/``Tensor.new_empty``
 returning NaN-filled float tensors (``linattn.testing.poison``), so a backend that leaves
@@ -39,6 +40,8 @@ def pytest_addoption(parser):
     g.addoption("--max-d", type=int, default=None, help="largest head dim the property suites draw")
     g.addoption("--max-examples", type=int, default=None, help="examples per property (overrides the profile)")
     g.addoption("--no-poison", action="store_true", help="do not NaN-fill uninitialised memory")
+    g.addoption("--no-shrink", action="store_true",
+                help="report the first failing example unshrunk (shrinking is slow under TRITON_INTERPRET)")
     g.addoption("--no-pinned", action="store_true",
                 help="skip the pinned @example problems (they ignore --max-n; slow under TRITON_INTERPRET)")
 
@@ -106,6 +109,7 @@ def harness(request):
     max_d = request.config.getoption("--max-d")
     max_examples = request.config.getoption("--max-examples")
     pinned = not request.config.getoption("--no-pinned")
+    no_shrink = request.config.getoption("--no-shrink")
 
     def run(name, target, **narrow):
         narrow.setdefault("devices", devices)
@@ -113,7 +117,14 @@ def harness(request):
             narrow.setdefault("max_n", max_n)
         if max_d:
             narrow.setdefault("max_d", max_d)
-        cfg = settings(max_examples=max_examples) if max_examples else settings()
+        over = {}
+        if max_examples:
+            over["max_examples"] = max_examples
+        if no_shrink:
+            from hypothesis import Phase
+
+            over["phases"] = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+        cfg = settings(**over)
         rep = check_property(PROPERTIES[name], target, settings=cfg, profile=PROFILE, narrow=narrow,
                              pinned=pinned)
         if rep.status == "skip":
