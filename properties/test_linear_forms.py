@@ -23,12 +23,18 @@ def _linear_pairs():
 
 
 @pytest.mark.parametrize("first, second", _linear_pairs())
-def test_linear_time_backends_agree(first, second):
+def test_linear_time_backends_agree(first, second, request):
     a, b = as_target(first), as_target(second)
+    selected = request.config.getoption("--backend")
+    if selected and first not in selected and second not in selected:
+        pytest.skip(f"neither {first} nor {second} is among --backend {selected}")
     seen = {"ran": 0}
+    max_n = request.config.getoption("--max-n") or 130
+    max_d = request.config.getoption("--max-d") or 64
+    k = request.config.getoption("--max-examples")
 
-    @settings()
-    @given(problem=problems(mask_kinds=["none", "causal", "decay"], backend=a.backend, max_n=130))
+    @settings(**({"max_examples": k} if k else {}))
+    @given(problem=problems(mask_kinds=["none", "causal", "decay"], backend=a.backend, max_n=max_n, max_d=max_d))
     def check(problem):
         try:
             out_a = a.run(problem)
