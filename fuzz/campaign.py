@@ -333,7 +333,8 @@ class Campaign:
     def _round(self, backend, rnd: int) -> None:
         props = self._props(backend)
         stats, family = self.stats, self.family
-        last = {}
+        last = {}  # the example run last (the shrunk one, after Hypothesis is done)
+        failed = {}  # the last example that failed (what to record if the failure was flaky)
 
         # Shrinking re-runs the backend many times: cheap on the torch family, minutes per
         # failure under the Triton interpreter; there the failure is recorded unshrunk.
@@ -350,6 +351,9 @@ class Campaign:
             last.update(prop=prop, problem=problem)
             try:
                 res, note = check(backend, prop, problem, allow_known=True)
+            except CampaignFailure as e:
+                failed.update(prop=prop, problem=problem, message=str(e))
+                raise
             except Skip:
                 stats.skipped[backend.name] += 1
                 return
@@ -376,7 +380,10 @@ class Campaign:
             if isinstance(e, Skip):
                 return
             msg = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=6)}"
-            if last:
+            if failed:  # e.g. FlakyFailure: record the example that did fail, with its message
+                self._report(backend, failed, f"{type(e).__name__} (did not reproduce on replay); first failure:\n"
+                             + failed["message"], hseed)
+            elif last:
                 self._report(backend, last, msg, hseed)
             else:
                 stats.errors.append(msg)
