@@ -360,3 +360,97 @@ def test_bad_inputs_say_expected_and_got():
         dense.dense_linear_attention(q, q, q)
     with pytest.raises(linattn.UnsupportedRequest, match="exceed 256"):
         linattn.linear_attention(q, q, q, backend=BACKEND)
+
+
+# -- tiles that fit: shared memory estimate, fallbacks, float32 dot precision ----------------------
+
+def test_smem_estimate_covers_what_an_h100_required():
+    """GPU run 1 (H100, Triton 3.6) stopped on two shapes with OutOfResources. The estimate
+    reproduces the forward's figure exactly and bounds the dM kernel's from above."""
+    from linattn.backends.triton.dense_fwd import H100_SMEM, smem_estimate
+
+    # float16 D = E = 256, forward (64, 64, 4, 3): "Required: 237568"
+    assert smem_estimate("fwd", 2, 64, 64, 256, 256, 3) == 237568
+    # bfloat16 D = 96, E = 160 (tiles 128, 256), dM kernel (64, 128, 8, 3): "Required: 294912"
+    assert smem_estimate("dmask", 2, 64, 128, 128, 256, 3) >= 294912
+    assert 237568 > H100_SMEM and 294912 > H100_SMEM  # both rightly refused by the estimate
+    with pytest.raises(ValueError, match="kind must be fwd, dq, dkdv or dmask, got 'bwd'"):
+        smem_estimate("bwd", 2, 64, 64, 64, 64, 3)
+
+
+@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv", "dmask"])
+def test_every_head_size_has_a_config_that_fits(kind):
+    """D, E from 1 to 256 in every dtype: the launcher's chain (fixed config, then the
+    fallbacks) holds a config inside the H100 limit by the estimate, for every kernel."""
+    from linattn.backends.triton.dense_fwd import FALLBACK_CONFIGS, FWD_FIXED_GPU, H100_SMEM, fits
+
+    for el in (2, 4):
+        for D in (1, 16, 48, 60, 64, 96, 128, 160, 200, 256):
+            for E in (1, 60, 160, 256):
+                BD, BE = common.next_pow2_tile(D), common.next_pow2_tile(E)
+                chain = [FWD_FIXED_GPU] + FALLBACK_CONFIGS
+                assert any(fits(kind, el, c, BD, BE, H100_SMEM) for c in chain), (kind, el, D, E)
+    # and the bf16 D = E = 64 headline keeps its big tiles
+    assert fits("fwd", 2, (128, 64, 8, 3), 64, 64, H100_SMEM) and fits("dq", 2, (128, 64, 8, 3), 64, 64, H100_SMEM)
+    # float32 (tf32x3 on tensor cores) at D = 64 too
+    assert fits("fwd", 4, (128, 64, 8, 3), 64, 64, H100_SMEM) and fits("dq", 4, (128, 64, 8, 3), 64, 64, H100_SMEM)
+
+
+class OutOfResources(Exception):
+    """Named like Triton's, which the launcher recognises by name and message."""
+
+
+def test_launcher_falls_back_when_a_config_is_out_of_resources(monkeypatch):
+    """A GPU launch whose config does not fit is retried with smaller ones, and the fitting
+    one is remembered for the next call; other errors pass through."""
+    from linattn.backends.triton import dense_fwd
+
+    monkeypatch.setattr(common, "INTERPRET", False)
+    monkeypatch.setenv("LINATTN_TRITON_AUTOTUNE", "0")
+    dense_fwd._FITTED.clear()
+    tried = []
+
+    class FakeKernel:
+        class fn:
+            __name__ = "fake"
+
+        def __getitem__(self, grid):
+            def call(**kw):
+                tried.append((kw["BN"], kw["BM"], kw["num_stages"]))
+                if kw["BN"] * kw["BM"] * kw["num_stages"] > 64 * 32 * 2:
+                    raise OutOfResources("out of resource: shared memory, Required: 300000, Hardware limit: 232448")
+            return call
+
+    args = dict(q=torch.empty(1, dtype=torch.bfloat16), BD=64, BE=64, HAS_MASK=True)
+    grid = lambda meta: (1,)  # noqa: E731
+    dense_fwd.launch(FakeKernel(), None, grid, args, None, (64, 64, 4, 3), (16, 16, 1, 1), kind="fwd")
+    assert tried == [(64, 64, 3), (64, 64, 2), (64, 32, 2)], tried
+    tried.clear()
+    dense_fwd.launch(FakeKernel(), None, grid, args, None, (64, 64, 4, 3), (16, 16, 1, 1), kind="fwd")
+    assert tried == [(64, 32, 2)], tried  # remembered
+
+    class Broken(FakeKernel):
+        def __getitem__(self, grid):
+            def call(**kw):
+                raise RuntimeError("not a resource problem")
+            return call
+
+    with pytest.raises(RuntimeError, match="not a resource problem"):
+        dense_fwd.launch(Broken(), None, grid, args, None, (64, 64, 4, 3), (16, 16, 1, 1), kind="fwd")
+    dense_fwd._FITTED.clear()
+
+
+def test_float32_dot_precision_default_and_overrides(monkeypatch):
+    from linattn.backends.triton.dense_fwd import dot_precision
+
+    monkeypatch.delenv("LINATTN_TRITON_FP32_DOT", raising=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert dot_precision(torch.float32) == "tf32x3"
+    assert dot_precision(torch.bfloat16) == "tf32"  # ignored by 16-bit dots
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert dot_precision(torch.float32) == "tf32"
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")
+    assert dot_precision(torch.float32) == "ieee"
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "fp64")
+    with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3', 'tf32'\), got 'fp64'"):
+        dot_precision(torch.float32)

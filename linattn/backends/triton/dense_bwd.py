@@ -21,8 +21,11 @@ Three kernels, launched only for the gradients that are needed:
   dM summed over the broadcast dimensions without a per-head dM ever existing.
 
 Causal/decay: the dq walk stops at the diagonal, the dk/dv walk starts there, and the
-dM kernel writes zeros above it without computing anything. Decay also ends both walks
-where the weights underflow to 0 in float32 (``decay_horizon``).
+dM kernel writes zeros above it without computing anything. As in the forward, each walk
+is two branch-free loops: tiles wholly below the diagonal (no causal test; decay as a
+row factor times a column factor, see ``dense_fwd``) and the tiles crossing it
+(element-wise weight). Decay also ends both walks where the weights underflow to 0 in
+float32 (``decay_horizon``).
 """
 from __future__ import annotations
 
@@ -30,40 +33,73 @@ import torch
 
 from . import common
 from .common import HAVE_TRITON
-from .dense_fwd import IEEE_FP32_FIXED, launch, mask_strides, smem_estimate
+from .dense_fwd import FALLBACK_CONFIGS, IEEE_FP32_FIXED, dot_precision, launch, mask_strides
 
 if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot
-    from .dense_fwd import _autotuned, causal_decay, decay_horizon
+    from .common import dot, to_operand
+    from .dense_fwd import _autotuned, _pruner, causal_decay, decay_horizon, diagonal_weight
 
 __all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
 
 # (rows, cols, num_warps, num_stages); rows = the block a program owns.
 # Kept small: every config costs a compile (seconds each) the first time a shape is seen.
 DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
-DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
 DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 FIXED_GPU = (64, 64, 4, 3)
 FIXED_INTERPRET = (32, 16, 1, 1)
 
 
-def _prune_rows(rows: str, cols: str):
-    def prune(configs, named_args, **kwargs):
-        a = {**named_args, **kwargs}
-        el, BD, BE = a["q"].element_size(), a["BD"], a["BE"]
-        kept = [
-            c for c in configs
-            if smem_estimate(el, c.kwargs[rows], c.kwargs[cols], BD, BE, c.num_stages) <= 200 * 1024
-        ]
-        return kept or [min(configs, key=lambda c: c.kwargs[rows] * c.kwargs[cols])]
-
-    return prune
-
-
 if HAVE_TRITON:
+
+    @triton.jit
+    def _dq_inner(
+        b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, lo, hi, M, D, E, stride_mm, scale, b_s2, c_i,
+        o_n, o_m, o_d, o_e, m_n, m_d, m_e,
+        HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
+        NEED_DQ: tl.constexpr, NEED_DM: tl.constexpr, NEED_DS: tl.constexpr,
+        BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """dq (and dM, ds) over key blocks [lo, hi); STAGE as in dense_fwd._fwd_inner. In
+        STAGE 1 with decay the row factor ``c_i`` [BN] is left out of dq (applied by the caller
+        after the loop) but kept in dM and ds."""
+        for j0 in range(lo, hi, BM):
+            o_j = j0 + o_m  # [BM]
+            m_m = o_j < M
+            m_nm = m_n[:, None] & m_m[None, :]
+            b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+            b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+            # -- recompute the scores; dP = scale do vᵀ
+            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST) * scale  # [BN, BM]
+            # -- W = M ⊙ C, and the full C for dM/ds
+            b_w = 1.0
+            b_c = 1.0
+            if STAGE == 1:
+                if DECAY:
+                    b_cj = tl.exp2(-b_s2 * (i0 - o_j).to(tl.float32))  # [BM]
+                    b_w = b_cj[None, :]
+                    if NEED_DM or NEED_DS:
+                        b_c = c_i[:, None] * b_cj[None, :]  # [BN, BM]
+            if STAGE == 2:
+                b_c = diagonal_weight((i0 + o_n)[:, None] - o_j[None, :], b_s2, DECAY)  # [BN, BM]
+                b_w = b_c
+            if HAS_MASK:
+                b_m = tl.load(p_mrow + o_j.to(tl.int64)[None, :] * stride_mm, mask=m_nm, other=0.0).to(tl.float32)
+                b_w = b_w * b_m  # [BN, BM]
+            if NEED_DM:  # dM = dP ⊙ A ⊙ C (dM has the mask's own layout, contiguous)
+                tl.store(p_dmrow + o_j[None, :], (b_dp * b_a * b_c).to(p_dmrow.dtype.element_ty), mask=m_nm)
+            if NEED_DS:  # ds accumulates (i - j) dP ⊙ A ⊙ M ⊙ C elementwise; reduced once at the end
+                b_dwc = b_dp * b_a * b_c
+                if HAS_MASK:
+                    b_dwc *= b_m
+                b_ds += ((i0 + o_n)[:, None] - o_j[None, :]).to(tl.float32) * b_dwc
+            if NEED_DQ:  # dq += (dP ⊙ W) k
+                b_dq += dot(to_operand(b_dp * b_w, b_k, UPCAST), b_k, PRECISION, UPCAST)  # [BN, BD]
+        return b_dq, b_ds
 
     @triton.jit
     def _dense_bwd_dq_kernel(
@@ -78,7 +114,9 @@ if HAVE_TRITON:
         tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
         tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
         tl.static_assert(not NEED_DM or HAS_MASK, "dM needs a mask")
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        i_bh, i_n = tl.program_id(0), tl.program_id(1)
+        if CAUSAL:  # longest rows first
+            i_n = tl.num_programs(1) - 1 - i_n
         i_b, i_h = i_bh // H, i_bh % H
         i_kv = i_b * (H // G) + i_h // G
         i0 = i_n * BN
@@ -88,10 +126,6 @@ if HAVE_TRITON:
         do += (i_bh.to(tl.int64) * N + i0) * E
         k += i_kv.to(tl.int64) * M * D
         v += i_kv.to(tl.int64) * M * E
-        if HAS_MASK:
-            m += i_b.to(tl.int64) * stride_mb + i_h.to(tl.int64) * stride_mh + i0.to(tl.int64) * stride_mn
-        if NEED_DM:  # dM has the mask's (unbroadcast) shape, contiguous: one tile per (b, h)
-            dm += (i_bh.to(tl.int64) * N + i0) * M
 
         o_n = tl.arange(0, BN)
         o_m = tl.arange(0, BM)
@@ -100,68 +134,80 @@ if HAVE_TRITON:
         m_n = (i0 + o_n) < N
         m_d = o_d < D
         m_e = o_e < E
+        p_mrow = (m + i_b.to(tl.int64) * stride_mb + i_h.to(tl.int64) * stride_mh
+                  + (i0 + o_n).to(tl.int64)[:, None] * stride_mn)  # [BN, 1]
+        # dM has the mask's (unbroadcast) shape, contiguous: one tile per (b, h)
+        p_dmrow = dm + (i_bh.to(tl.int64) * N + i0 + o_n.to(tl.int64))[:, None] * M  # [BN, 1]
 
         b_q = tl.load(q + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         b_do = tl.load(do + o_n[:, None] * E + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
-        if DECAY:
-            b_s = tl.load(s + i_h).to(tl.float32)
-        else:
-            b_s = 0.0
         b_dq = tl.zeros([BN, BD], dtype=tl.float32)
         b_ds = tl.zeros([BN, BM], dtype=tl.float32)
 
-        hi = tl.minimum(M, i0 + BN) if CAUSAL else M
-        p_k = k + o_m[:, None] * D + o_d[None, :]  # [BM, BD]
-        p_v = v + o_m[:, None] * E + o_e[None, :]  # [BM, BE]
-        p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
-        p_dm = dm + o_n[:, None] * M + o_m[None, :]  # [BN, BM]
-        lo = 0
-        if DECAY:  # underflowed tiles add nothing (a fused dM starts zeroed, see dense_backward)
-            lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
-            p_k += lo.to(tl.int64) * D
-            p_v += lo.to(tl.int64) * E
-            p_m += lo.to(tl.int64) * stride_mm
-            p_dm += lo
-        for j0 in range(lo, hi, BM):
-            m_m = (j0 + o_m) < M
-            m_nm = m_n[:, None] & m_m[None, :]
-            b_k = tl.load(p_k, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-            b_v = tl.load(p_v, mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
-            # -- recompute the scores; dP = scale do vᵀ
-            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
-            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST) * scale  # [BN, BM]
-            # -- W = M ⊙ C
-            if CAUSAL:
-                b_dist = (i0 + o_n)[:, None] - (j0 + o_m)[None, :]  # [BN, BM]  i - j
-                b_c = causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)  # [BN, BM]
-            if HAS_MASK:
-                b_m = tl.load(p_m, mask=m_nm, other=0.0).to(tl.float32)  # [BN, BM]
-                if CAUSAL:
-                    b_w = b_m * b_c
-                else:
-                    b_w = b_m
-            elif CAUSAL:
-                b_w = b_c
+        if CAUSAL:
+            if DECAY:
+                b_s = tl.load(s + i_h).to(tl.float32)
+                b_s2 = b_s * 1.4426950408889634  # s · log₂e
+                # underflowed tiles add nothing (a fused dM starts zeroed, see dense_backward)
+                lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
             else:
-                b_w = 1.0
-            if NEED_DM:  # dM = dP ⊙ A ⊙ C
-                b_dw = b_dp * b_a
-                if CAUSAL:
-                    b_dw *= b_c
-                tl.store(p_dm, b_dw.to(dm.dtype.element_ty), mask=m_nm)
-            if NEED_DS:  # ds accumulates (i - j) dP ⊙ A ⊙ W elementwise; reduced once at the end
-                b_ds += b_dist.to(tl.float32) * b_dp * b_a * b_w
-            if NEED_DQ:  # dq += (dP ⊙ W) k
-                b_dq += dot((b_dp * b_w).to(b_k.dtype), b_k, PRECISION, UPCAST)  # [BN, BD]
-            p_k += BM * D
-            p_v += BM * E
-            p_m += BM * stride_mm
-            p_dm += BM
+                b_s2 = 0.0
+                lo = 0
+            c_i = tl.exp2(-b_s2 * o_n.to(tl.float32))  # [BN] row factor 2^(-s₂ (i - i0))
+            mid = ((i0 + 1) // BM) * BM  # key blocks before mid lie wholly below the diagonal
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, lo, mid, M, D, E, stride_mm,
+                                   scale, b_s2, c_i, o_n, o_m, o_d, o_e, m_n, m_d, m_e,
+                                   HAS_MASK, DECAY, 1, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
+            if DECAY:
+                b_dq *= c_i[:, None]
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, mid, tl.minimum(M, i0 + BN),
+                                   M, D, E, stride_mm, scale, b_s2, c_i, o_n, o_m, o_d, o_e, m_n, m_d, m_e,
+                                   HAS_MASK, DECAY, 2, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
+        else:
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, 0, M, M, D, E, stride_mm,
+                                   scale, 0.0, o_n.to(tl.float32), o_n, o_m, o_d, o_e, m_n, m_d, m_e,
+                                   HAS_MASK, False, 0, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
 
         if NEED_DQ:
             tl.store(dq + o_n[:, None] * D + o_d[None, :], b_dq.to(dq.dtype.element_ty), mask=m_n[:, None] & m_d[None, :])
         if NEED_DS:  # one partial per program, summed in a fixed order by the launcher
             tl.store(ds + i_bh * NI + i_n, -tl.sum(tl.sum(b_ds, axis=1), axis=0))
+
+    @triton.jit
+    def _dkdv_inner(
+        b_dk, b_dv, b_k, b_v, q, do, p_mcol, j0, lo, hi, N, D, E, stride_mn, scale, b_s2, c_j,
+        o_n, o_m, o_d, o_e, m_m, m_d, m_e,
+        HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
+        NEED_DK: tl.constexpr, NEED_DV: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """dk, dv of one key block over query rows [lo, hi) of one head, on transposed tiles
+        [BM, BN]. STAGE 1 (rows wholly below the block, i >= p = j0 + BM): with decay
+        Cᵀ = c_j ⊗ 2^(-s₂ (i - p)), c_j = 2^(-s₂ (p - j)) [BM] given; STAGE 2: element-wise."""
+        for i0 in range(lo, hi, BN):
+            o_i = i0 + o_n  # [BN] query indices
+            m_n = o_i < N
+            b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+            b_do = tl.load(do + o_i[:, None] * E + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+            # -- transposed tiles: Aᵀ = k qᵀ
+            b_at = dot(b_k, tl.trans(b_q), PRECISION, UPCAST)  # [BM, BN]
+            # -- Wᵀ
+            b_wt = 1.0
+            if STAGE == 1:
+                if DECAY:
+                    b_wt = c_j[:, None] * tl.exp2(-b_s2 * (o_i - (j0 + BM)).to(tl.float32))[None, :]  # [BM, BN]
+            if STAGE == 2:
+                b_wt = diagonal_weight(o_i[None, :] - (j0 + o_m)[:, None], b_s2, DECAY)  # [BM, BN]
+            if HAS_MASK:
+                b_mt = tl.load(p_mcol + o_i.to(tl.int64)[None, :] * stride_mn,
+                               mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32)  # [BM, BN]  Mᵀ tile
+                b_wt = b_wt * b_mt
+            if NEED_DV:  # dv += (A ⊙ W)ᵀ do
+                b_dv += dot(to_operand(b_at * b_wt, b_do, UPCAST), b_do, PRECISION, UPCAST)  # [BM, BE]
+            if NEED_DK:  # dk += (dP ⊙ W)ᵀ q,  dPᵀ = scale v doᵀ
+                b_dpt = dot(b_v, tl.trans(b_do), PRECISION, UPCAST) * scale  # [BM, BN]
+                b_dk += dot(to_operand(b_dpt * b_wt, b_q, UPCAST), b_q, PRECISION, UPCAST)  # [BM, BD]
+        return b_dk, b_dv
 
     @triton.jit
     def _dense_bwd_dkdv_kernel(
@@ -175,7 +221,7 @@ if HAVE_TRITON:
     ):
         tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
         tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
-        i_m, i_bg = tl.program_id(0), tl.program_id(1)
+        i_bg, i_m = tl.program_id(0), tl.program_id(1)  # causal: the longest walks (small j0) come first
         Hkv = H // G
         i_b, i_g = i_bg // Hkv, i_bg % Hkv
         j0 = i_m * BM
@@ -198,48 +244,32 @@ if HAVE_TRITON:
         b_dk = tl.zeros([BM, BD], dtype=tl.float32)
         b_dv = tl.zeros([BM, BE], dtype=tl.float32)
 
-        lo = j0 if CAUSAL else 0  # causal: no query row above the diagonal
         for i_h in range(i_g * G, i_g * G + G):  # the heads of this kv head's group, in order
             i_bh = i_b * H + i_h
-            if DECAY:
-                b_s = tl.load(s + i_h).to(tl.float32)
-            else:
-                b_s = 0.0
-            p_q = q + (i_bh.to(tl.int64) * N + lo) * D + o_n[:, None] * D + o_d[None, :]  # [BN, BD]
-            p_do = do + (i_bh.to(tl.int64) * N + lo) * E + o_n[:, None] * E + o_e[None, :]  # [BN, BE]
-            p_mt = (m + i_b.to(tl.int64) * stride_mb + tl.cast(i_h, tl.int64) * stride_mh + j0.to(tl.int64) * stride_mm
-                    + lo * stride_mn + o_m[:, None] * stride_mm + o_n[None, :] * stride_mn)  # [BM, BN]  Mᵀ tile
-            hi = N
-            if DECAY:  # no query block whose weights all underflow
-                hi = tl.minimum(j0 + BM + decay_horizon(b_s), N * 1.0).to(tl.int32)
-            for i0 in range(lo, hi, BN):
-                m_n = (i0 + o_n) < N
-                m_mn = m_m[:, None] & m_n[None, :]
-                b_q = tl.load(p_q, mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
-                b_do = tl.load(p_do, mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
-                # -- transposed tiles: Aᵀ = k qᵀ, dPᵀ = scale v doᵀ
-                b_at = dot(b_k, tl.trans(b_q), PRECISION, UPCAST)  # [BM, BN]
-                # -- Wᵀ
-                if CAUSAL:
-                    b_ct = causal_decay(i0 + o_n, j0 + o_m, j0 + BM, i0 >= j0 + BM, b_s, DECAY, True)  # [BM, BN]
-                if HAS_MASK:
-                    b_mt = tl.load(p_mt, mask=m_mn, other=0.0).to(tl.float32)  # [BM, BN]
-                    if CAUSAL:
-                        b_wt = b_mt * b_ct
-                    else:
-                        b_wt = b_mt
-                elif CAUSAL:
-                    b_wt = b_ct
+            p_q = q + i_bh.to(tl.int64) * N * D
+            p_do = do + i_bh.to(tl.int64) * N * E
+            p_mcol = (m + i_b.to(tl.int64) * stride_mb + tl.cast(i_h, tl.int64) * stride_mh
+                      + (j0 + o_m).to(tl.int64)[:, None] * stride_mm)  # [BM, 1]
+            if CAUSAL:  # no query row above the diagonal
+                if DECAY:
+                    b_s = tl.load(s + i_h).to(tl.float32)
+                    b_s2 = b_s * 1.4426950408889634
+                    hi = tl.minimum(j0 + BM + decay_horizon(b_s), N * 1.0).to(tl.int32)  # past it all underflows
                 else:
-                    b_wt = 1.0
-                if NEED_DV:  # dv += (A ⊙ W)ᵀ do
-                    b_dv += dot((b_at * b_wt).to(b_do.dtype), b_do, PRECISION, UPCAST)  # [BM, BE]
-                if NEED_DK:  # dk += (dP ⊙ W)ᵀ q
-                    b_dpt = dot(b_v, tl.trans(b_do), PRECISION, UPCAST) * scale  # [BM, BN]
-                    b_dk += dot((b_dpt * b_wt).to(b_q.dtype), b_q, PRECISION, UPCAST)  # [BM, BD]
-                p_q += BN * D
-                p_do += BN * E
-                p_mt += BN * stride_mn
+                    b_s2 = 0.0
+                    hi = N
+                c_j = tl.exp2(-b_s2 * (BM - o_m).to(tl.float32))  # [BM] 2^(-s₂ (p - j)), p = j0 + BM
+                mid = tl.minimum(j0 + ((BM + BN - 1) // BN) * BN, hi)  # rows from mid lie wholly below
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, j0, mid, N, D, E, stride_mn,
+                                         scale, b_s2, c_j, o_n, o_m, o_d, o_e, m_m, m_d, m_e,
+                                         HAS_MASK, DECAY, 2, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, mid, hi, N, D, E, stride_mn,
+                                         scale, b_s2, c_j, o_n, o_m, o_d, o_e, m_m, m_d, m_e,
+                                         HAS_MASK, DECAY, 1, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
+            else:
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, 0, N, N, D, E, stride_mn,
+                                         scale, 0.0, o_m.to(tl.float32), o_n, o_m, o_d, o_e, m_m, m_d, m_e,
+                                         HAS_MASK, False, 0, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
 
         if NEED_DK:
             tl.store(dk + o_m[:, None] * D + o_d[None, :], b_dk.to(dk.dtype.element_ty), mask=m_m[:, None] & m_d[None, :])
@@ -309,9 +339,9 @@ if HAVE_TRITON:
         p_dm = dm + ((i_bm * MH + i_hm).to(tl.int64) * N + i0) * M + j0 + o_n[:, None] * M + o_m[None, :]
         tl.store(p_dm, (b_dm * scale).to(dm.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
 
-    _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _prune_rows("BN", "BM"))
-    _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _prune_rows("BM", "BN"))
-    _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _prune_rows("BN", "BM"),
+    _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _pruner("dq", "BN", "BM"))
+    _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _pruner("dkdv", "BM", "BN"))
+    _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _pruner("dmask", "BN", "BM"),
                               key=["N", "M", "BD", "BE", "CAUSAL", "DECAY", "PRECISION", "MB", "MH"])
 
 
@@ -340,7 +370,7 @@ def dense_backward(
         H=H, G=H // Hkv, N=N, M=M, D=D, E=E, scale=float(scale),
         CAUSAL=causal, DECAY=slopes is not None,
         BD=common.next_pow2_tile(D), BE=common.next_pow2_tile(E),
-        PRECISION=common.dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
+        PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
     sm = mask_strides(mask)
     mask_args = dict(m=mask if has_mask else q, stride_mb=sm[0], stride_mh=sm[1], stride_mn=sm[2], stride_mm=sm[3])
@@ -356,17 +386,17 @@ def dense_backward(
         dq = torch.empty_like(q) if need_dq else q
         # slopes: one partial per (b, h, row block); the autotuner picks the row block later,
         # so room is made for the smallest one (unused entries stay 0)
-        min_rows = min(r for r, *_ in DQ_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, IEEE_FP32_FIXED,
-                                                    configs.get("dq") or FIXED_GPU])
+        min_rows = min(r for r, *_ in DQ_CONFIGS + FALLBACK_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, IEEE_FP32_FIXED,
+                                                                       configs.get("dq") or FIXED_GPU])
         n_part = triton.cdiv(N, min_rows)
         ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
         launch(
             _dense_bwd_dq_kernel, _dq_tuned,
-            lambda meta: (triton.cdiv(N, meta["BN"]), B * H),
+            lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq,
                  dm=dmask if fuse_dm else q, ds=ds_part, NI=n_part, **mask_args, **common_args,
                  HAS_MASK=has_mask, NEED_DQ=need_dq, NEED_DM=fuse_dm, NEED_DS=need_dslopes),
-            configs.get("dq"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM",
+            configs.get("dq"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dq",
         )
         if need_dslopes:
             dslopes = ds_part.view(B, H, -1).sum(dim=(0, 2)).to(slopes.dtype)  # fixed-order reduction
@@ -379,10 +409,10 @@ def dense_backward(
         dv = torch.empty_like(v) if need_dv else v
         launch(
             _dense_bwd_dkdv_kernel, _dkdv_tuned,
-            lambda meta: (triton.cdiv(M, meta["BM"]), B * Hkv),
+            lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
                  **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=need_dk, NEED_DV=need_dv),
-            configs.get("dkdv"), FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
+            configs.get("dkdv"), FIXED_GPU, FIXED_INTERPRET, "BM", "BN", kind="dkdv",
         )
         dk = dk if need_dk else None
         dv = dv if need_dv else None
@@ -393,6 +423,6 @@ def dense_backward(
         launch(
             _dense_bwd_dmask_kernel, _dmask_tuned,
             lambda meta: (triton.cdiv(N, meta["BN"]), triton.cdiv(M, meta["BM"]), MB * MH),
-            args, configs.get("dmask"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM",
+            args, configs.get("dmask"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dmask",
         )
     return dq, dk, dv, dmask, dslopes

@@ -9,19 +9,41 @@ keys in blocks of BM. Per key block it forms the score tile, weights it and accu
 
 where C[i, j] = exp(-s_h (i - j)) for j <= i and 0 above the diagonal (s_h = 0 for plain
 causal). Nothing of size N×M is ever written: the extra memory is O(1) per program.
-Causal and decay stop the key loop at the diagonal, so the fully masked tiles are skipped;
-decay also starts it where exp(-s (i - j)) stops underflowing to 0 in float32, and
-factorises the weights of tiles below the diagonal (see ``causal_decay``).
+
+Causal and decay split the key walk in two loops without branches inside (so Triton
+pipelines both), like the stages of flash attention:
+
+1. key blocks wholly below the diagonal (every j < every i of the block): no causal test.
+   Decay factorises around the block's first row i0,
+
+       exp(-s (i - j)) = 2^(-s₂ (i - i0)) · 2^(-s₂ (i0 - j)),      s₂ = s · log₂e,
+
+   both factors in (0, 1]: the column factor multiplies the score tile (BM exponentials
+   per tile, not BN·BM), the row factor multiplies the accumulator once after the loop.
+   When a factor underflows the exact weight does too (each factor is at least the weight).
+2. the one or two key blocks crossing the diagonal: the element-wise weight.
+
+Decay also starts the walk where exp(-s (i - j)) underflows to 0 in float32 (those
+tiles add exactly nothing), and causal programs run longest rows first (fewer idle SMs
+at the end of the launch).
 
 There is no softmax, hence no running max or rescaling: the output is a plain sum of
 tile products. For 16-bit inputs the weighted tile A ⊙ W is rounded to the input dtype
 before the second product (as flash attention does with its probabilities); products
 accumulate in float32 and the output is rounded once.
 
+float32 products use ``tf32x3`` by default (three TF32 tensor-core products per product,
+hi·hi + hi·lo + lo·hi): on the seed example (H100) its output error against float64 was
+4.3e-7, below the 9.9e-7 of the same formula in float32 with CUDA-core ("ieee") products,
+at 3.2× the speed. ``LINATTN_TRITON_FP32_DOT=ieee`` selects CUDA-core products; single
+TF32 products (error 1.5e-3) only when ``torch.backends.cuda.matmul.allow_tf32`` is True
+or ``LINATTN_TRITON_FP32_DOT=tf32``.
+
 MQA/GQA: query head h reads kv head h // G with G = H // Hkv; k and v are never expanded.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -34,20 +56,45 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot
+    from .common import dot, to_operand
 
-__all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides"]
+__all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides", "dot_precision", "smem_estimate", "smem_limit"]
 
 #: Tile configurations tried by the autotuner on a GPU: (BN, BM, num_warps, num_stages).
 FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
 #: The one configuration used when autotuning is off (interpreter, LINATTN_TRITON_AUTOTUNE=0).
 FWD_FIXED_GPU = (64, 64, 4, 3)
-#: float32 with full-precision ("ieee") products runs its dots as CUDA-core FMAs, whose
-#: unrolled code is slow to build (10-100 s per kernel for 64×64 tiles, measured compiling
-#: for sm_90): every kernel uses this one small config instead of autotuning.
+#: float32 with CUDA-core ("ieee") products runs its dots as FMAs, whose unrolled code is
+#: slow to build (10-100 s per kernel for 64×64 tiles, measured compiling for sm_90):
+#: every kernel uses this one small config instead of autotuning.
 IEEE_FP32_FIXED = (64, 32, 4, 2)
+#: Smaller configs tried in turn when a config does not fit shared memory (wide heads).
+FALLBACK_CONFIGS = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1), (16, 16, 2, 1)]
 #: Under the interpreter: small and unequal tiles, so tests cross many tile edges.
 FWD_FIXED_INTERPRET = (32, 16, 1, 1)
+#: H100/H200 opt-in shared memory per block, when no device can be asked.
+H100_SMEM = 232448
+LOG2E = math.log2(math.e)
+
+_FP32_DOTS = ("ieee", "tf32x3", "tf32")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``input_precision`` of these kernels' ``tl.dot`` for inputs of ``dtype``.
+
+    float32: ``tf32x3`` (full float32 accuracy by measurement, see the module docstring);
+    ``tf32`` when ``torch.backends.cuda.matmul.allow_tf32`` is True; the environment
+    variable ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides both.
+    16-bit inputs ignore it.
+    """
+    if dtype != torch.float32:
+        return "tf32"
+    forced = os.environ.get("LINATTN_TRITON_FP32_DOT")
+    if forced:
+        if forced not in _FP32_DOTS:
+            raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
+        return forced
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
 
 
 def autotune_enabled() -> bool:
@@ -55,21 +102,55 @@ def autotune_enabled() -> bool:
     return not common.INTERPRET and os.environ.get("LINATTN_TRITON_AUTOTUNE", "1") != "0"
 
 
-def smem_estimate(bytes_per_el: int, rows: int, cols: int, BD: int, BE: int, stages: int) -> int:
-    """Shared memory a tile config roughly needs: the resident row tile plus the pipelined
-    column tiles (k and v, or q and do), in bytes."""
-    return bytes_per_el * (rows * max(BD, BE) + stages * cols * (BD + BE))
+def smem_limit() -> int:
+    """Shared memory one program may use on the current device (bytes)."""
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        return int(getattr(props, "shared_memory_per_block_optin", 0) or H100_SMEM)
+    return H100_SMEM
 
 
-def _prune(configs, named_args, **kwargs):
-    """Drop configs whose tiles cannot fit shared memory for this head size."""
-    a = {**named_args, **kwargs}  # Triton passes launch kwargs in either, by version
-    el, BD, BE = a["q"].element_size(), a["BD"], a["BE"]
-    kept = [
-        c for c in configs
-        if smem_estimate(el, c.kwargs["BN"], c.kwargs["BM"], BD, BE, c.num_stages) <= 200 * 1024
-    ]
-    return kept or [min(configs, key=lambda c: c.kwargs["BN"] * c.kwargs["BM"])]
+def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, BE: int, stages: int) -> int:
+    """Shared memory a tile config needs (bytes), an upper estimate of what Triton allocates.
+
+    ``rows`` is the block a program owns (kept resident), ``cols`` the block it walks
+    (k and v, or q and do, buffered ``stages`` deep for the pipelined loads); score tiles
+    [rows, cols] staged for the second product. Checked against what Triton reported on
+    an H100 (Triton 3.6, "Required" in OutOfResources) and what it allocates for sm_90
+    (Triton 3.9, tests/test_triton_dense.py): forward float16 D = E = 256 (64, 64, 4, 3)
+    needed 237568 B, exactly this estimate.
+
+    kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "dmask" (nothing resident,
+    all four tiles pipelined over the (b, h) pairs).
+    """
+    cols_tiles = stages * cols * (BD + BE)
+    score = rows * cols
+    if kind == "fwd":
+        n = rows * BD + cols_tiles + score
+    elif kind in ("dq", "dkdv"):
+        n = rows * (BD + BE) + cols_tiles + 2 * score
+    elif kind == "dmask":
+        n = stages * (rows + cols) * (BD + BE) + score
+    else:
+        raise ValueError(f"kind must be fwd, dq, dkdv or dmask, got {kind!r}")
+    return bytes_per_el * n
+
+
+def fits(kind: str, el: int, config, BD: int, BE: int, limit: Optional[int] = None) -> bool:
+    """Whether ``config`` = (rows, cols, warps, stages) fits shared memory by the estimate."""
+    r, c, _, st = config
+    return smem_estimate(kind, el, r, c, BD, BE, st) <= (limit or smem_limit())
+
+
+def _pruner(kind: str, rows: str, cols: str):
+    """early_config_prune for the autotuner: drop configs that cannot fit shared memory."""
+    def prune(configs, named_args, **kwargs):
+        a = {**named_args, **kwargs}  # Triton passes launch kwargs in either, by version
+        el, BD, BE = a["q"].element_size(), a["BD"], a["BE"]
+        kept = [c for c in configs if fits(kind, el, (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages), BD, BE)]
+        return kept or [min(configs, key=lambda c: c.kwargs[rows] * c.kwargs[cols] * c.num_stages)]
+
+    return prune
 
 
 def mask_strides(mask: Optional[torch.Tensor]) -> tuple:
@@ -84,13 +165,13 @@ if HAVE_TRITON:
 
     @triton.jit
     def causal_decay(i_idx, j_idx, pivot, below, b_s, DECAY: tl.constexpr, KEYS_FIRST: tl.constexpr):
-        """The causal/decay factor C[i, j] = exp(-s (i - j)) for j <= i, else 0 (s = 0: causal).
+        """The causal/decay factor C[i, j] = exp(-s (i - j)) for j <= i, else 0 (s = 0: causal),
+        for a tile that may or may not cross the diagonal (the dM kernel's pair loop).
 
         ``i_idx`` [BI] and ``j_idx`` [BJ] are absolute row and column indices; the tile is
         [BI, BJ], or [BJ, BI] when ``KEYS_FIRST``. When ``below`` (every i >= pivot >= every
-        j: the tile lies wholly below the diagonal) the decay factorises as
-        exp(-s (i - pivot)) · exp(-s (pivot - j)), both factors in (0, 1]: BI + BJ
-        exponentials instead of BI·BJ, and no overflow.
+        j) the decay factorises as exp(-s (i - pivot)) · exp(-s (pivot - j)): BI + BJ
+        exponentials instead of BI·BJ.
         """
         if KEYS_FIRST:
             d = i_idx[None, :] - j_idx[:, None]  # [BJ, BI]
@@ -111,10 +192,47 @@ if HAVE_TRITON:
         return c
 
     @triton.jit
+    def diagonal_weight(d, b_s2, DECAY: tl.constexpr):
+        """C on a tile crossing the diagonal, from d = i - j: 2^(-s₂ d) (or 1) where d >= 0, else 0."""
+        if DECAY:
+            return tl.where(d >= 0, tl.exp2(-b_s2 * tl.maximum(d, 0).to(tl.float32)), 0.0)  # no inf above
+        else:
+            return tl.where(d >= 0, 1.0, 0.0)
+
+    @triton.jit
     def decay_horizon(b_s):
         """Distance past which exp(-s d) is exactly 0 in float32 (e^-104 is below the
         smallest subnormal): tiles farther from the diagonal are skipped, not computed."""
         return 104.0 / tl.maximum(b_s, 1e-30)
+
+    @triton.jit
+    def _fwd_inner(
+        b_o, b_q, k, v, p_mrow, i0, lo, hi, M, D, E, stride_mm, b_s2,
+        o_n, o_m, o_d, o_e, m_n, m_d, m_e,
+        HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
+        BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """o += (A ⊙ W) v over key blocks [lo, hi). STAGE 0: no causal factor; 1: blocks
+        wholly below the diagonal (decay: column factor only); 2: blocks crossing it."""
+        for j0 in range(lo, hi, BM):
+            o_j = j0 + o_m  # [BM] key indices
+            m_m = o_j < M
+            b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
+            b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+            # -- scores
+            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+            # -- weights
+            if STAGE == 1:
+                if DECAY:  # 2^(-s₂ (i0 - j)); the row factor 2^(-s₂ (i - i0)) comes after the loop
+                    b_a *= tl.exp2(-b_s2 * (i0 - o_j).to(tl.float32))[None, :]
+            if STAGE == 2:
+                b_a *= diagonal_weight((i0 + o_n)[:, None] - o_j[None, :], b_s2, DECAY)  # [BN, BM]
+            if HAS_MASK:
+                b_m = tl.load(p_mrow + o_j.to(tl.int64)[None, :] * stride_mm, mask=m_n[:, None] & m_m[None, :], other=0.0)
+                b_a *= b_m.to(tl.float32)  # [BN, BM]
+            # -- o += (A ⊙ W) v
+            b_o += dot(to_operand(b_a, b_v, UPCAST), b_v, PRECISION, UPCAST)  # [BN, BE]
+        return b_o
 
     @triton.jit
     def _dense_fwd_kernel(
@@ -128,7 +246,9 @@ if HAVE_TRITON:
         tl.static_assert(BD >= 16 and BE >= 16, "channel tiles must be >= 16 for tl.dot")
         tl.static_assert(BN >= 16 and BM >= 16, "row tiles must be >= 16 for tl.dot")
         tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
-        i_n, i_bh = tl.program_id(0), tl.program_id(1)
+        i_bh, i_n = tl.program_id(0), tl.program_id(1)
+        if CAUSAL:  # longest rows first
+            i_n = tl.num_programs(1) - 1 - i_n
         i_b, i_h = i_bh // H, i_bh % H
         i_kv = i_b * (H // G) + i_h // G  # kv head of this query head
         i0 = i_n * BN
@@ -138,8 +258,6 @@ if HAVE_TRITON:
         o += (i_bh.to(tl.int64) * N + i0) * E
         k += i_kv.to(tl.int64) * M * D
         v += i_kv.to(tl.int64) * M * E
-        if HAS_MASK:
-            m += i_b.to(tl.int64) * stride_mb + i_h.to(tl.int64) * stride_mh + i0.to(tl.int64) * stride_mn
 
         o_n = tl.arange(0, BN)
         o_m = tl.arange(0, BM)
@@ -148,41 +266,31 @@ if HAVE_TRITON:
         m_n = (i0 + o_n) < N
         m_d = o_d < D
         m_e = o_e < E
+        # mask rows of this block: [BN, 1] pointers (columns added per key block)
+        p_mrow = (m + i_b.to(tl.int64) * stride_mb + i_h.to(tl.int64) * stride_mh
+                  + (i0 + o_n).to(tl.int64)[:, None] * stride_mn)
 
         b_q = tl.load(q + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
-        if DECAY:
-            b_s = tl.load(s + i_h).to(tl.float32)
-        else:
-            b_s = 0.0
         b_o = tl.zeros([BN, BE], dtype=tl.float32)  # accumulated in float32
-
-        hi = tl.minimum(M, i0 + BN) if CAUSAL else M  # causal: no key block past the diagonal
-        p_k = k + o_m[:, None] * D + o_d[None, :]  # [BM, BD] pointers, advanced per block
-        p_v = v + o_m[:, None] * E + o_e[None, :]  # [BM, BE]
-        p_m = m + o_n[:, None] * stride_mn + o_m[None, :] * stride_mm  # [BN, BM]
-        lo = 0
-        if DECAY:  # decay: no key block whose weights all underflow
-            lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
-            p_k += lo.to(tl.int64) * D
-            p_v += lo.to(tl.int64) * E
-            p_m += lo.to(tl.int64) * stride_mm
-        for j0 in range(lo, hi, BM):
-            m_m = (j0 + o_m) < M
-            b_k = tl.load(p_k, mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
-            b_v = tl.load(p_v, mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
-            # -- scores
-            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
-            # -- weights
-            if CAUSAL:
-                b_a *= causal_decay(i0 + o_n, j0 + o_m, i0, j0 + BM <= i0, b_s, DECAY, False)  # [BN, BM]
-            if HAS_MASK:
-                b_m = tl.load(p_m, mask=m_n[:, None] & m_m[None, :], other=0.0)  # [BN, BM]
-                b_a *= b_m.to(tl.float32)
-            # -- o += (A ⊙ W) v
-            b_o += dot(b_a.to(b_v.dtype), b_v, PRECISION, UPCAST)  # [BN, BE]
-            p_k += BM * D  # pointer arithmetic is 64-bit
-            p_v += BM * E
-            p_m += BM * stride_mm
+        if CAUSAL:
+            if DECAY:
+                b_s = tl.load(s + i_h).to(tl.float32)
+                b_s2 = b_s * 1.4426950408889634  # s · log₂e
+                # no key block whose weights all underflow
+                lo = (tl.maximum(i0 - decay_horizon(b_s), 0.0).to(tl.int32) // BM) * BM
+            else:
+                b_s2 = 0.0
+                lo = 0
+            mid = ((i0 + 1) // BM) * BM  # key blocks before mid lie wholly below the diagonal
+            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, lo, mid, M, D, E, stride_mm, b_s2,
+                             o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, DECAY, 1, BM, PRECISION, UPCAST)
+            if DECAY:  # the row factor of the blocks below
+                b_o *= tl.exp2(-b_s2 * o_n.to(tl.float32))[:, None]
+            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, mid, tl.minimum(M, i0 + BN), M, D, E, stride_mm, b_s2,
+                             o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, DECAY, 2, BM, PRECISION, UPCAST)
+        else:
+            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, 0, M, M, D, E, stride_mm, 0.0,
+                             o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, False, 0, BM, PRECISION, UPCAST)
 
         tl.store(o + o_n[:, None] * E + o_e[None, :], (b_o * scale).to(o.dtype.element_ty),
                  mask=m_n[:, None] & m_e[None, :])
@@ -206,25 +314,59 @@ if HAVE_TRITON:
         except TypeError:  # pragma: no cover - older Triton
             return triton.autotune(**kw)(kernel)
 
-    _dense_fwd_tuned = _autotuned(_dense_fwd_kernel, FWD_CONFIGS, prune=_prune)
+    _dense_fwd_tuned = _autotuned(_dense_fwd_kernel, FWD_CONFIGS, prune=_pruner("fwd", "BN", "BM"))
 
 
-def launch(kernel, tuned, grid_fn, args: dict, config, fixed_gpu, fixed_interp, rows="BN", cols="BM"):
+def _is_out_of_resources(e: Exception) -> bool:
+    return type(e).__name__ == "OutOfResources" or "out of resource" in str(e)
+
+
+#: (kernel name, dtype, BD, BE, flags) -> the config that last fitted after a fallback
+_FITTED: dict = {}
+
+
+def launch(kernel, tuned, grid_fn, args: dict, config, fixed_gpu, fixed_interp, rows="BN", cols="BM", kind="fwd"):
     """Run ``kernel`` with an explicit tile config, the autotuner, or the fixed default.
 
     ``config`` is ``(rows, cols, num_warps, num_stages)`` or None; ``grid_fn`` maps the
-    tile sizes dict to the launch grid.
+    tile sizes dict to the launch grid. On a GPU, configs that do not fit shared memory
+    (by ``smem_estimate``, or by Triton's OutOfResources) give way to smaller ones from
+    FALLBACK_CONFIGS, so every head size up to 256 runs in every dtype.
     """
-    if config is None and args.get("PRECISION") == "ieee" and not common.INTERPRET:
-        config = IEEE_FP32_FIXED
-    if config is None and autotune_enabled():
-        tuned[lambda meta: grid_fn(meta)](**args)
+    def run(cfg):
+        r, c, w, st = cfg
+        meta = {rows: r, cols: c}
+        kernel[grid_fn(meta)](**args, **meta, num_warps=w, num_stages=st)
+
+    if config is not None:  # explicit: exactly this one
+        run(config)
         return
-    if config is None:
-        config = fixed_interp if common.INTERPRET else fixed_gpu
-    r, c, w, st = config
-    meta = {rows: r, cols: c}
-    kernel[grid_fn(meta)](**args, **meta, num_warps=w, num_stages=st)
+    if common.INTERPRET:
+        run(fixed_interp)
+        return
+    el, BD, BE = args["q"].element_size(), args["BD"], args["BE"]
+    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), args["q"].dtype, BD, BE,
+           tuple(sorted((n, v) for n, v in args.items() if n.isupper() and isinstance(v, (bool, str)))))
+    ieee = args.get("PRECISION") == "ieee"
+    if key not in _FITTED and autotune_enabled() and not ieee:
+        try:
+            tuned[lambda meta: grid_fn(meta)](**args)
+            return
+        except Exception as e:  # noqa: BLE001 - only out-of-resources falls through
+            if not _is_out_of_resources(e):
+                raise
+    first = _FITTED.get(key) or (IEEE_FP32_FIXED if ieee else fixed_gpu)
+    chain = [first] + [c for c in FALLBACK_CONFIGS if c != first]
+    chain = [c for c in chain if fits(kind, el, c, BD, BE)] or chain[-1:]
+    for i, cfg in enumerate(chain):
+        try:
+            run(cfg)
+            if i:
+                _FITTED[key] = cfg
+            return
+        except Exception as e:  # noqa: BLE001
+            if not _is_out_of_resources(e) or i == len(chain) - 1:
+                raise
 
 
 def dense_forward(q, k, v, mask, slopes, causal: bool, scale: float, *, config=None) -> torch.Tensor:
@@ -249,11 +391,11 @@ def dense_forward(q, k, v, mask, slopes, causal: bool, scale: float, *, config=N
         H=H, G=H // Hkv, N=N, M=M, D=D, E=E, scale=float(scale),
         HAS_MASK=mask is not None, CAUSAL=bool(causal or slopes is not None), DECAY=slopes is not None,
         BD=common.next_pow2_tile(D), BE=common.next_pow2_tile(E),
-        PRECISION=common.dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
+        PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
     launch(
         _dense_fwd_kernel, _dense_fwd_tuned if HAVE_TRITON else None,
-        lambda meta: (triton.cdiv(N, meta["BN"]), B * H),
-        args, config, FWD_FIXED_GPU, FWD_FIXED_INTERPRET,
+        lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
+        args, config, FWD_FIXED_GPU, FWD_FIXED_INTERPRET, kind="fwd",
     )
     return o
