@@ -46,8 +46,9 @@ def _passes(fn, ok: str) -> str:
             fn()
     except pytest.skip.Exception as e:
         return "n/a: " + str(e).split(" ", 1)[-1][:40]
-    except Exception as e:  # noqa: BLE001
-        return f"**FAIL** {type(e).__name__}: {str(e).splitlines()[0][:60]}"
+    except (Exception, pytest.fail.Exception) as e:  # noqa: BLE001  (pytest's Failed is a BaseException)
+        first = (str(e).splitlines() or [""])[0]
+        return f"**FAIL** {type(e).__name__}: {first[:60]}"
     return ok
 
 
