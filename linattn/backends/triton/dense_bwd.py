@@ -49,7 +49,9 @@ __all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
 DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
 DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+#: The configs used when autotuning is off, per kernel (the winners of GPU run 1 at bf16 D = 64).
 FIXED_GPU = (64, 64, 4, 3)
+DQ_FIXED_GPU = (128, 64, 8, 3)
 FIXED_INTERPRET = (32, 16, 1, 1)
 
 
@@ -396,7 +398,7 @@ def dense_backward(
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq,
                  dm=dmask if fuse_dm else q, ds=ds_part, NI=n_part, **mask_args, **common_args,
                  HAS_MASK=has_mask, NEED_DQ=need_dq, NEED_DM=fuse_dm, NEED_DS=need_dslopes),
-            configs.get("dq"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dq",
+            configs.get("dq"), DQ_FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dq",
         )
         if need_dslopes:
             dslopes = ds_part.view(B, H, -1).sum(dim=(0, 2)).to(slopes.dtype)  # fixed-order reduction

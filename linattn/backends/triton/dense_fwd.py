@@ -62,8 +62,9 @@ __all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides", "dot_precision", "sme
 
 #: Tile configurations tried by the autotuner on a GPU: (BN, BM, num_warps, num_stages).
 FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
-#: The one configuration used when autotuning is off (interpreter, LINATTN_TRITON_AUTOTUNE=0).
-FWD_FIXED_GPU = (64, 64, 4, 3)
+#: The configuration used when autotuning is off (LINATTN_TRITON_AUTOTUNE=0): the winner
+#: of GPU run 1 at bf16 D = 64 (smaller ones follow where it does not fit, see ``launch``).
+FWD_FIXED_GPU = (128, 64, 8, 3)
 #: float32 with CUDA-core ("ieee") products runs its dots as FMAs, whose unrolled code is
 #: slow to build (10-100 s per kernel for 64×64 tiles, measured compiling for sm_90):
 #: every kernel uses this one small config instead of autotuning.
@@ -111,28 +112,39 @@ def smem_limit() -> int:
 
 
 def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, BE: int, stages: int) -> int:
-    """Shared memory a tile config needs (bytes), an upper estimate of what Triton allocates.
+    """Shared memory a tile config needs (bytes): an estimate of what Triton allocates,
+    fitted to what it reported, and an upper bound where it was not exact.
 
     ``rows`` is the block a program owns (kept resident), ``cols`` the block it walks
-    (k and v, or q and do, buffered ``stages`` deep for the pipelined loads); score tiles
-    [rows, cols] staged for the second product. Checked against what Triton reported on
-    an H100 (Triton 3.6, "Required" in OutOfResources) and what it allocates for sm_90
-    (Triton 3.9, tests/test_triton_dense.py): forward float16 D = E = 256 (64, 64, 4, 3)
-    needed 237568 B, exactly this estimate.
+    (k and v, or q and do, buffered ``stages`` deep for the pipelined loads), plus score
+    tiles [rows, cols] staged for a product (float32 tf32x3 dots stage more of them).
+    Against Triton 3.6 on an H100 (the "Required" of OutOfResources): forward float16
+    D = E = 256 (64, 64, 4, 3) needed 237568 B, exactly this; the dM kernel bfloat16 tiles
+    128/256 (64, 128, 8, 3) needed 294912, below this. Against Triton 3.9 compiling for
+    sm_90 (``metadata.shared``): float32 tf32x3 D = 64 forward and dq (128, 64, 8, 3) and
+    dk/dv (64, 64, 4, 3) exactly this; 16-bit kernels 1.5-4x below it. float32 with
+    128- or 256-wide tiles stages extra operand copies (tf32 tensor-core products want
+    their operands K-major): forward (64, 32, 4, 2) at 256/256 took 1.22x and dk/dv
+    (32, 32, 4, 1) 1.33x the plain count, so those count 1.5x.
 
     kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "dmask" (nothing resident,
     all four tiles pipelined over the (b, h) pairs).
     """
     cols_tiles = stages * cols * (BD + BE)
     score = rows * cols
+    wide = bytes_per_el >= 4
     if kind == "fwd":
-        n = rows * BD + cols_tiles + score
-    elif kind in ("dq", "dkdv"):
+        n = rows * BD + cols_tiles + (3 if wide else 1) * score
+    elif kind == "dq":
         n = rows * (BD + BE) + cols_tiles + 2 * score
+    elif kind == "dkdv":
+        n = rows * (BD + BE) + cols_tiles + (4 if wide else 2) * score
     elif kind == "dmask":
         n = stages * (rows + cols) * (BD + BE) + score
     else:
         raise ValueError(f"kind must be fwd, dq, dkdv or dmask, got {kind!r}")
+    if wide and max(BD, BE) >= 128:
+        n = n * 3 // 2
     return bytes_per_el * n
 
 
