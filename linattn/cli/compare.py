@@ -33,7 +33,9 @@ buffers, kernel compilation), then measures a second run:
   kernel saw it, page-exact. Two things keep freed memory from hiding in the baseline:
   the fresh process (nothing cached from another backend) and ``MALLOC_MMAP_THRESHOLD_``
   set for the workers, which makes glibc map every buffer over 128 KiB on its own and
-  unmap it on free, so RSS follows the live tensors. Where ``clear_refs`` is not
+  unmap it on free, so RSS follows the live tensors (and ``malloc_trim(0)`` before the
+  baseline returns free heap pages, which could otherwise be released mid-run and
+  offset real growth). Where ``clear_refs`` is not
   available, the growth of ``getrusage().ru_maxrss`` over a run after a tiny warm-up is
   reported instead (the JSON says which method was used). torch.profiler's memory
   events were not used: their peak needs a replay of every alloc/free and misses
@@ -147,6 +149,16 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _malloc_trim() -> None:
+    """Give glibc's free heap memory back to the OS (no-op where there is no glibc)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _maxrss_bytes() -> int:
     import resource
 
@@ -196,6 +208,7 @@ def _worker(spec) -> dict:
         import gc
 
         gc.collect()
+        _malloc_trim()  # free heap pages leave the baseline, so later frees cannot offset growth
         _reset_peak_rss()
         base, _ = _rss_bytes()
         t0 = time.perf_counter()
