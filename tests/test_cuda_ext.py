@@ -56,7 +56,9 @@ def test_rest_of_linattn_unaffected():
 
 def test_capabilities_declared():
     assert BACKEND.name == "cuda" and BACKEND.auto_rank == {"cuda": 5}
-    assert BACKEND.dtypes == frozenset({torch.float16, torch.bfloat16, torch.float32})
+    halves = frozenset({torch.float16, torch.bfloat16})
+    # float32 only under the CPU emulator until the 3xTF32 kernel meets the bands on a GPU
+    assert BACKEND.dtypes == (halves | {torch.float32} if emulator.ENABLED else halves)
     assert BACKEND.max_head_dim == 256 and BACKEND.state and BACKEND.mask_grad and BACKEND.slopes_grad
     assert "cuda" in BACKEND.devices
 

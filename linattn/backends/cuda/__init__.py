@@ -54,7 +54,11 @@ BACKEND = Backend(
     fn=cuda_forward,
     description="CUDA C++ extension: tiled kernels for every mask kind on tensor cores (3xTF32 for fp32; fp16, bf16)",
     devices=frozenset({"cpu", "cuda"}) if emulator.ENABLED else frozenset({"cuda"}),
-    dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+    # float32 (3xTF32 product kernel, v2) failed the harness bands on an H200 on 2026-11-27
+    # (7 of 15 cases, up to 18x the band: broadcast masks, MQA/GQA, D=256), so on a real GPU
+    # the backend declines float32 until that is fixed; the CPU emulator keeps testing it.
+    dtypes=frozenset({torch.float16, torch.bfloat16})
+    | (frozenset({torch.float32}) if emulator.ENABLED else frozenset()),
     mask_kinds=frozenset(MASK_KINDS),
     gqa=True,
     state=True,

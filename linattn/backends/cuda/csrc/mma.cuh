@@ -2,6 +2,8 @@
 // 3xTF32 split, ldmatrix, cp.async. Each wrapper is a few lines of inline PTX on the GPU;
 // under the CPU emulator (LINATTN_EMULATE, emu/emu.h) the same call runs an emulation with
 // the register layouts of the PTX ISA, so the fragment index math of the engine is tested.
+// Tiling: each warp owns a 16-row tile of the output; these wrappers move 16x8 / 16x16
+// fragments of that tile between shared memory, registers and the tensor cores.
 //
 // Fragment layouts used throughout (lane = 4 g + t, g = lane / 4, t = lane % 4):
 //   accumulator 16 x 8 (f32):  c0, c1 = (row g,   cols 2t, 2t+1)   c2, c3 = (row g+8, same cols)
