@@ -289,6 +289,27 @@ def finish_grads(inputs, grads):
     return tuple(None if g is None else g.to(x.dtype) for x, g in zip(inputs, grads))
 
 
+def close_backward(q, k, v, mask, decay, S0, do, dSN, scale, want, dq, dk, dv, dM, ds):
+    """The end of every variant's backward: add the state terms' gradients (causal/decay
+    with a state only), cast each gradient to its input's dtype, pad for the non-tensor
+    arguments of ``apply``."""
+    dS0 = None
+    if S0 is not None or dSN is not None:
+        qc, kc, vc, cdt = compute_inputs(q, k, v)
+        B, H, N, _ = q.shape
+        E = v.shape[-1]
+        dos = torch.zeros_like(qc[..., :1]).expand(B, H, N, E) if do is None else do.to(cdt)
+        s_q, s_k, s_v, s_s, dS0 = state_backward(
+            qc, kc, vc, dos, dSN, decay, S0, scale,
+            need_ds="slopes" in want, need_dS0="state" in want,
+        )
+        dq = add_opt(dq, s_q) if "q" in want else None
+        dk = add_opt(dk, s_k) if "k" in want else None
+        dv = add_opt(dv, s_v) if "v" in want else None
+        ds = add_opt(ds, s_s) if "slopes" in want else None
+    return finish_grads((q, k, v, mask, decay, S0), (dq, dk, dv, dM, ds, dS0)) + (None,) * 5
+
+
 def run_public(backend_name, fn, q, k, v, mask, *, causal, decay, scale, initial_state,
                output_final_state, cu_seqlens, blocks):
     """The public function of a blocked variant: validate like ``linear_attention``, then
@@ -340,7 +361,6 @@ def mask_tile(mg: torch.Tensor, i0: int, bn: int, j0: int, bm: int, dtype) -> to
     The mask itself is never padded (that would copy all N×M of it); the few edge tiles
     that reach past N or M are zero-filled here instead.
     """
-    N, M = mg.shape[2], mg.shape[4]
     t = mg[:, :, i0 : i0 + bn, :, j0 : j0 + bm].to(dtype)  # (Bm, Hkv|1, rn, G|1, rm)
     if t.shape[2] < bn:
         t = pad_dim(t, 2, bn)

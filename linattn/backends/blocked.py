@@ -57,13 +57,12 @@ from ._tiles import (
     add_opt,
     check_block,
     compute_inputs,
-    finish_grads,
+    close_backward,
     first_order_only,
     from_groups,
     mask_groups,
     run_public,
     slopes_groups,
-    state_backward,
     state_forward,
     tile_backward,
     tile_is_empty,
@@ -131,7 +130,7 @@ class _Blocked(torch.autograd.Function):
         Hkv, M, E = k.shape[1], k.shape[2], v.shape[3]
         G = H // Hkv
         qc, kc, vc, cdt = compute_inputs(q, k, v)
-        dq = dk = dv = dM = ds = dS0 = None
+        dq = dk = dv = dM = ds = None
 
         tiles_want = want & {"q", "k", "v", "mask", "slopes"}
         if do is not None and tiles_want:
@@ -189,18 +188,7 @@ class _Blocked(torch.autograd.Function):
             dq = None if dqg is None else from_groups(dqg)  # (B, H, N, D)
             ds = None if ds is None else ds.reshape(H)
 
-        if S0 is not None or dSN is not None:
-            dos = torch.zeros_like(qc[..., :1]).expand(B, H, N, E) if do is None else do.to(cdt)
-            s_q, s_k, s_v, s_s, dS0 = state_backward(
-                qc, kc, vc, dos, dSN, decay, S0, scale,
-                need_ds="slopes" in want, need_dS0="state" in want,
-            )
-            dq = add_opt(dq, s_q) if "q" in want else None
-            dk = add_opt(dk, s_k) if "k" in want else None
-            dv = add_opt(dv, s_v) if "v" in want else None
-            ds = add_opt(ds, s_s) if "slopes" in want else None
-        grads = finish_grads((q, k, v, mask, decay, S0), (dq, dk, dv, dM, ds, dS0))
-        return grads + (None,) * 5
+        return close_backward(q, k, v, mask, decay, S0, do, dSN, scale, want, dq, dk, dv, dM, ds)
 
 
 def blocked_forward(

@@ -43,7 +43,7 @@ from ._tiles import (
     ceil_to,
     check_block,
     compute_inputs,
-    finish_grads,
+    close_backward,
     first_order_only,
     from_groups,
     mask_groups,
@@ -51,7 +51,6 @@ from ._tiles import (
     pad_dim,
     run_public,
     slopes_groups,
-    state_backward,
     state_forward,
     tile_backward,
     tile_is_empty,
@@ -115,7 +114,7 @@ class _BlockedIndexed(torch.autograd.Function):
         G = H // Hkv
         Np, Mp = ceil_to(N, bn), ceil_to(M, bm)
         qc, kc, vc, cdt = compute_inputs(q, k, v)
-        dq = dk = dv = dM = ds = dS0 = None
+        dq = dk = dv = dM = ds = None
 
         tiles_want = want & {"q", "k", "v", "mask", "slopes"}
         if do is not None and tiles_want:
@@ -164,18 +163,7 @@ class _BlockedIndexed(torch.autograd.Function):
             dv = None if dvp is None else dvp[:, :, :M]  # (B, Hkv, M, E)
             ds = None if ds is None else ds.reshape(H)
 
-        if S0 is not None or dSN is not None:
-            dos = torch.zeros_like(qc[..., :1]).expand(B, H, N, E) if do is None else do.to(cdt)
-            s_q, s_k, s_v, s_s, dS0 = state_backward(
-                qc, kc, vc, dos, dSN, decay, S0, scale,
-                need_ds="slopes" in want, need_dS0="state" in want,
-            )
-            dq = add_opt(dq, s_q) if "q" in want else None
-            dk = add_opt(dk, s_k) if "k" in want else None
-            dv = add_opt(dv, s_v) if "v" in want else None
-            ds = add_opt(ds, s_s) if "slopes" in want else None
-        grads = finish_grads((q, k, v, mask, decay, S0), (dq, dk, dv, dM, ds, dS0))
-        return grads + (None,) * 5
+        return close_backward(q, k, v, mask, decay, S0, do, dSN, scale, want, dq, dk, dv, dM, ds)
 
 
 def blocked_indexed_forward(

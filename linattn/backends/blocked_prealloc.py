@@ -42,16 +42,14 @@ from torch.autograd.function import once_differentiable
 
 from .._registry import Backend
 from ._tiles import (
-    add_opt,
     ceil_to,
     check_block,
     compute_inputs,
-    finish_grads,
+    close_backward,
     first_order_only,
     mask_groups,
     run_public,
     slopes_groups,
-    state_backward,
     state_forward,
     tile_is_empty,
     wanted,
@@ -222,7 +220,7 @@ class _BlockedPrealloc(torch.autograd.Function):
         nI, nJ = ceil_to(N, bn) // bn, ceil_to(M, bm) // bm
         cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
         z = dict(dtype=cdt, device=q.device)
-        dq = dk = dv = dM = ds = dS0 = None
+        dq = dk = dv = dM = ds = None
 
         if do is not None and want & {"q", "k", "v", "mask", "slopes"}:
             # -- every buffer, allocated once
@@ -292,19 +290,7 @@ class _BlockedPrealloc(torch.autograd.Function):
                 dv = _store_tiles(torch.empty(B, Hkv, M, E, **z), dvb.view(nJ, B, Hkv, bm, E))
             ds = None if ds is None else ds.reshape(H)
 
-        if S0 is not None or dSN is not None:
-            qc, kc, vc, _ = compute_inputs(q, k, v)
-            dos = torch.zeros_like(qc[..., :1]).expand(B, H, N, E) if do is None else do.to(cdt)
-            s_q, s_k, s_v, s_s, dS0 = state_backward(
-                qc, kc, vc, dos, dSN, decay, S0, scale,
-                need_ds="slopes" in want, need_dS0="state" in want,
-            )
-            dq = add_opt(dq, s_q) if "q" in want else None
-            dk = add_opt(dk, s_k) if "k" in want else None
-            dv = add_opt(dv, s_v) if "v" in want else None
-            ds = add_opt(ds, s_s) if "slopes" in want else None
-        grads = finish_grads((q, k, v, mask, decay, S0), (dq, dk, dv, dM, ds, dS0))
-        return grads + (None,) * 5
+        return close_backward(q, k, v, mask, decay, S0, do, dSN, scale, want, dq, dk, dv, dM, ds)
 
 
 def blocked_prealloc_forward(
