@@ -443,12 +443,20 @@ def test_launcher_falls_back_when_a_config_is_out_of_resources(monkeypatch):
 def test_float32_dot_precision_default_and_overrides(monkeypatch):
     from linattn.backends.triton.dense_fwd import dot_precision
 
+    # allow_tf32 lives behind torch's cuBLAS module __getattr__/__setattr__: pytest >= 9.2's
+    # monkeypatch records it as absent and its undo then calls delattr, which that module
+    # refuses. Save and restore it by hand so a failure here cannot leak into other tests.
+    matmul = torch.backends.cuda.matmul
+    saved = matmul.allow_tf32
     monkeypatch.delenv("LINATTN_TRITON_FP32_DOT", raising=False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    assert dot_precision(torch.float32) == "tf32x3"
-    assert dot_precision(torch.bfloat16) == "tf32"  # ignored by 16-bit dots
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert dot_precision(torch.float32) == "tf32"
+    try:
+        matmul.allow_tf32 = False
+        assert dot_precision(torch.float32) == "tf32x3"
+        assert dot_precision(torch.bfloat16) == "tf32"  # ignored by 16-bit dots
+        matmul.allow_tf32 = True
+        assert dot_precision(torch.float32) == "tf32"
+    finally:
+        matmul.allow_tf32 = saved
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")
     assert dot_precision(torch.float32) == "ieee"
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "fp64")
