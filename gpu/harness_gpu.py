@@ -37,7 +37,8 @@ HEAD_DIMS = [1, 3, 16, 17, 32, 48, 60, 63, 64, 65, 96, 128, 256]
 MAX_WORK = (1 << 31) if DEVICE == "cuda" else (1 << 21)  # B·H·N·M·(D+E) for the float64 oracle
 
 
-def draw_problem(rng: random.Random, prop: str, backend):
+def draw_problem(rng: random.Random, prop: str, backend, i: int = 0):
+    """The i-th problem of a (backend, property) slot; dtypes taken in turn, so every dtype is covered."""
     from linattn.testing import Problem
 
     kinds = [k for k in KINDS if k in backend.mask_kinds]
@@ -95,7 +96,7 @@ def draw_problem(rng: random.Random, prop: str, backend):
         allowed = ["q", "k", "v"] + (["mask"] if dense and backend.mask_grad else []) + \
                   (["slopes"] if decay and backend.slopes_grad else []) + (["initial_state"] if s0 else [])
         grads = tuple(allowed) if rng.random() < 0.5 else tuple(rng.sample(allowed, rng.randint(1, len(allowed))))
-    return Problem(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, E=E, dtype=rng.choice(dtypes), device=DEVICE,
+    return Problem(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, E=E, dtype=dtypes[i % len(dtypes)], device=DEVICE,
                    mask_kind=kind, mask_shape=rng.choice(shapes), mask_values=rng.choice(["real", "binary"]),
                    slopes=rng.choice(["tnl", "zero", "tiny", "moderate", "large", "mixed"]),
                    scale=rng.choice([1.0, 0.5, 2.0, 0.125]), initial_state=bool(s0), final_state=bool(sN),
@@ -104,6 +105,17 @@ def draw_problem(rng: random.Random, prop: str, backend):
 
 def _device_name() -> str:
     return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+
+
+def _dump(out_dir, rows, details, elapsed):
+    if not out_dir:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    name = os.environ.get("HARNESS_JSON", "harness_gpu.json")
+    with open(os.path.join(out_dir, name + ".part"), "w") as f:
+        json.dump(dict(device=_device_name(), torch=torch.__version__, seconds=elapsed, backends=BACKENDS,
+                       rows=rows, details=details), f, indent=1, default=str)
+    os.replace(os.path.join(out_dir, name + ".part"), os.path.join(out_dir, name))
 
 
 def main() -> int:
@@ -142,7 +154,7 @@ def main() -> int:
             n_run = n_skip = 0
             worst, worst_desc, status, msg = None, "", "pass", ""
             while time.perf_counter() - t0 < slot and time.perf_counter() - t_start < BUDGET_S:
-                p = draw_problem(rng, prop, t.backend)
+                p = draw_problem(rng, prop, t.backend, n_run + n_skip)
                 if p is None:
                     break
                 try:
@@ -170,14 +182,12 @@ def main() -> int:
             if n_run == 0:
                 status = "skip"
             rows.append((t.name, prop, status, n_run, n_skip, worst, worst_desc if status != "FAIL" else msg))
+            print(f"{t.name} / {prop}: {status}, {n_run} run, worst/band {worst}", flush=True)
             if status == "FAIL":
                 print(f"--- {t.name} / {prop} FAILED:\n{msg}\n", flush=True)
+            _dump(out_dir, rows, details, time.perf_counter() - t_start)  # a cut-off run keeps what it has
     elapsed = time.perf_counter() - t_start
-    if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "harness_gpu.json"), "w") as f:
-            json.dump(dict(device=_device_name(), torch=torch.__version__, seconds=elapsed,
-                           rows=rows, details=details), f, indent=1, default=str)
+    _dump(out_dir, rows, details, elapsed)
     print(f"\nharness_gpu on {_device_name()} (torch {torch.__version__}), {elapsed:.0f}s")
     print(f"{'backend':13s} {'property':16s} {'status':11s} {'run':>4s} {'skip':>4s} {'worst/band':>10s}  note")
     for name, prop, status, n, sk, w, note in rows:
