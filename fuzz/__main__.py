@@ -26,12 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup_triton(families) -> None:
-    """The Triton kernels run on the CPU only under the interpreter, chosen before import."""
-    if "triton" in families and "TRITON_INTERPRET" not in os.environ:
-        import torch
+    """On a machine without a GPU the Triton kernels run under the interpreter and the CUDA
+    kernels through their CPU emulator; both are chosen by environment variables read when
+    linattn is imported, so they are set here, before it is."""
+    import torch
 
-        if not torch.cuda.is_available():
-            os.environ["TRITON_INTERPRET"] = "1"
+    if torch.cuda.is_available():
+        return
+    if "triton" in families and "TRITON_INTERPRET" not in os.environ:
+        os.environ["TRITON_INTERPRET"] = "1"
+    if "cuda" in families and "LINATTN_CUDA_EMULATE" not in os.environ:
+        os.environ["LINATTN_CUDA_EMULATE"] = "1"
 
 
 def main(argv=None) -> int:

@@ -162,8 +162,16 @@ def decode_step(
             raise ValueError(f"decay slopes must have shape [H]=[{H}], got {tuple(decay.shape)}")
         if decay.device != q3.device:
             raise ValueError(f"decay slopes must be on {q3.device}, got {decay.device}")
-        if not torch.compiler.is_compiling() and bool((decay < 0).any()):
-            raise ValueError(f"decay slopes must be >= 0, got min {decay.min().item():g}")
+        # the same value check as linear_attention: NaN passes `< 0`, and +Inf would make
+        # exp(-inf) = 0 drop the past silently. Skipped while tracing and on meta (no values).
+        if not torch.compiler.is_compiling() and decay.device.type != "meta" and decay.numel():
+            ok = torch.isfinite(decay) & (decay >= 0)
+            if not bool(ok.all()):
+                bad = [(h, s) for h, s in enumerate(decay.tolist()) if not ok[h]]
+                raise ValueError(
+                    f"decay slopes must be finite and >= 0 (lambda = exp(-s) per step), got "
+                    f"{', '.join(f's[{h}]={s:g}' for h, s in bad[:8])}{' ...' if len(bad) > 8 else ''}"
+                )
     if isinstance(scale, torch.Tensor) or not isinstance(scale, numbers.Real) or isinstance(scale, bool):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
     scale = float(scale)

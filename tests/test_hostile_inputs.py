@@ -353,16 +353,14 @@ def test_decode_step_rejects(case):
     _raises(exc, words, lambda: decode_step(q, k, v, s, **kw))
 
 
-@pytest.mark.xfail(reason="linattn/_decode.py checks only `decay < 0`, which NaN passes and +Inf passes; "
-                          "linear_attention refuses both (reported to the lead)", strict=False)
-@pytest.mark.parametrize("bad", [NAN, INF])
+@pytest.mark.parametrize("bad", [NAN, INF, -INF, -0.5])
 def test_decode_step_rejects_non_finite_slopes_like_linear_attention(bad):
     """linear_attention refuses NaN/Inf slopes; decode_step must not silently turn them into a
     NaN state (Inf: exp(-inf) = 0 would even drop the past without a word)."""
     from linattn import decode_step
 
     s = torch.tensor([0.1, bad, 0.1, 0.1])
-    _raises(ValueError, ["finite"], lambda: decode_step(_q, _k, _v, _S, decay=s))
+    _raises(ValueError, ["finite and >= 0", f"s[1]={bad:g}"], lambda: decode_step(_q, _k, _v, _S, decay=s))
 
 
 BAD_SLOPES_ARGS = {
