@@ -27,6 +27,7 @@ causal/decay quadratically, to compare in-kernel masks with the same mask as a t
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -113,6 +114,56 @@ def _backward(ctx, do):
 _dense_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+# -- the eager path: the same kernels without the custom-op dispatch -------------------------
+#
+# A ``torch.library.custom_op`` call with ``register_autograd`` costs a few hundred
+# microseconds of host time per direction (dispatcher, schema checks, the generated autograd
+# Function); on a GPU whose kernels take ~0.1-0.5 ms (causal/decay at N = 8192) that host
+# time, not the kernels, set the measured forward+backward. Eager calls on plain tensors go
+# through this ``autograd.Function`` instead; ``torch.compile``, fake/meta tensors and tensor
+# subclasses keep the custom ops (``LINATTN_TRITON_DENSE_OP=custom_op`` forces them, to time
+# the two paths against each other).
+
+class _DenseFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask, slopes, causal, scale):
+        common.require()
+        ctx.save_for_backward(q, k, v, mask, slopes)
+        ctx.causal, ctx.scale = causal, scale
+        return dense_forward(q, k, v, mask, slopes, causal, scale)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do):
+        q, k, v, mask, slopes = ctx.saved_tensors
+        need = ctx.needs_input_grad  # (q, k, v, mask, slopes, causal, scale)
+        need_dmask = bool(need[3]) and mask is not None
+        need_dslopes = bool(need[4]) and slopes is not None
+        if not (need[0] or need[1] or need[2] or need_dmask or need_dslopes):
+            return None, None, None, None, None, None, None
+        dq, dk, dv, dm, ds = dense_backward(
+            do, q, k, v, mask, slopes, ctx.causal, ctx.scale,
+            need_dq=bool(need[0]), need_dkv=(bool(need[1]), bool(need[2])),
+            need_dmask=need_dmask, need_dslopes=need_dslopes,
+        )
+        return dq, dk, dv, dm, ds, None, None
+
+
+def _eager_ok(*ts) -> bool:
+    """Whether the direct autograd.Function path applies (plain tensors, not compiling)."""
+    if os.environ.get("LINATTN_TRITON_DENSE_OP", "") == "custom_op" or torch.compiler.is_compiling():
+        return False
+    return all(t is None or type(t) is torch.Tensor or type(t) is torch.nn.Parameter for t in ts) and (
+        ts[0].device.type != "meta")
+
+
+def _dense_quadratic(q, k, v, mask, slopes, causal: bool, scale: float) -> torch.Tensor:
+    """o = scale · (q kᵀ ⊙ W) v through the eager Function or the custom op."""
+    if _eager_ok(q, k, v, mask, slopes):
+        return _DenseFn.apply(q, k, v, mask, slopes, causal, scale)
+    return _dense_fwd_op(q, k, v, mask, slopes, causal, scale)
+
+
 # -- the backend function -----------------------------------------------------------------
 
 def _decay_powers(slopes: Optional[torch.Tensor], n: int, offset: int, dtype) -> Optional[torch.Tensor]:
@@ -157,7 +208,7 @@ def dense_linear_attention(
     if max(D, E) > 256:
         raise ValueError(f"triton_dense supports head dims up to 256, got D={D}, E={E}")
     causal = bool(causal or decay is not None)
-    o = _dense_fwd_op(q, k, v, mask, decay, causal, float(scale))
+    o = _dense_quadratic(q, k, v, mask, decay, causal, float(scale))
     if initial_state is None and not output_final_state:
         return o, None
 
