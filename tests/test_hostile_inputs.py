@@ -866,6 +866,34 @@ def test_fuzz_failure_replays(path):
     assert ok, msg
 
 
+def test_dslopes_terms_survive_subnormal_decay():
+    """Pinned from fuzz/failures/triton-backward-6ceb3a045d.json: at s = 745 (λ = exp(-s) =
+    2^-1074 in float64) the squared problem behind the band's root-sum-square T has λ² = 0,
+    so T of dslopes came out 0 and the band shrank to 2·u_out. T must lie between the two
+    Cauchy–Schwarz bounds, |ds|/sqrt(n) <= T <= Σ|terms| (n expanded terms), on that head
+    and on an ordinary one."""
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from fuzz.problems import StrangeProblem
+    from linattn.testing.reference import _as_float64, evaluate, oracle_fn
+
+    p = StrangeProblem(B=1, H=2, Hkv=2, N=40, M=40, D=1, E=16, dtype="float64", device="cpu", mask_kind="decay",
+                       mask_shape="BHNM", mask_values="real", slopes="zero", scale=0.5, initial_state=True,
+                       final_state=True, grads=("q", "k", "v", "slopes", "initial_state"), cu_seqlens=None,
+                       seed=1554267903, q_exp=-150, k_exp=141, v_exp=150, slope_values=(745.0, 0.5))
+    ev = evaluate(p)
+    ds, T = ev.oracle["dslopes"].abs(), ev.terms["dslopes"]
+    absd = _as_float64(p.tensors).map(lambda name, x: x if name == "slopes" else x.abs())
+    l1 = p.replace(scale=abs(p.scale)).run(oracle_fn, absd)["dslopes"].abs()  # Σ x·|t|·λ^x, no cancellation
+    n = p.B * (p.N * p.M * p.D * p.E + 2 * p.N * p.D * p.E + p.D * p.E)
+    assert bool((ds > 0).all()), ds
+    assert bool((ds / n ** 0.5 <= T).all()) and bool((T <= l1 * (1 + 1e-12)).all()), (ds, T, l1)
+
+
 def test_triton_dense_float64_is_refused_not_crashed():
     """Pinned from fuzz/failures/triton-linearity_mask-face5592a8.json: backend 'triton' sends
     dense masks to triton_dense, which has no float64 kernels. It used to raise a TypeError

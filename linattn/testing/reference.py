@@ -116,7 +116,46 @@ def terms_outcome(problem: Problem, t64: Optional[ProblemTensors] = None) -> Out
     for name, x in res.items():
         x = x.detach()
         out[name] = x.clamp(min=0).sqrt() if name != "dslopes" else x.abs().sqrt()
+    if "slopes" in problem.grads:
+        out["dslopes"] = _dslopes_terms_underflow(problem, t64, sq, out["dslopes"])
     return out
+
+
+def _d2_slopes(sq_problem: Problem, sq: ProblemTensors, slopes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Σ x²·(terms²)·λ'^x per head: the second derivative of the squared problem in its
+    slopes (``slopes`` replaces the doubled slopes when given)."""
+    if slopes is not None:
+        sq = dataclasses.replace(sq, slopes=slopes)
+    leaf = sq.slopes.detach().clone().requires_grad_(True)
+    res = sq_problem.run(_with_slopes_leaf(leaf), sq, create_graph=True)
+    (d2,) = torch.autograd.grad(res["dslopes"].sum(), leaf, allow_unused=True)
+    return torch.zeros_like(leaf) if d2 is None else d2.detach()
+
+
+def _dslopes_terms_underflow(problem: Problem, t64: ProblemTensors, sq: ProblemTensors, T: torch.Tensor) -> torch.Tensor:
+    """Repair the root-sum-square of the ``dslopes`` terms where squaring underflows.
+
+    The squared problem runs with λ² = exp(-2s). When exp(-2s) is 0 in float64 (s > ~372.6)
+    every term of ds at decay distance x >= 1 vanishes there, although the terms x·t·λ^x
+    themselves are representable (e.g. s = 745, λ = 2^-1074, t ~ 1e88: terms ~ 1e-235) —
+    the oracle and the backends compute them, and T came out 0 (fuzz finding
+    triton-backward-6ceb3a045d: a 1.3-ulp error measured against a floor of u_out alone).
+    ds has no x = 0 terms, and in float64 exp(-s·x) = 0 for every x >= 2 at such s, so
+    only x = 1 terms exist: Σ (t·λ)² = λ·(Σ t²·λ), and the squared problem run with the
+    slopes s (not 2s) gives Σ x²·t²·exp(-s·x) = Σ_{x=1} t²·λ exactly. Hence
+    T = sqrt(that)·sqrt(λ), with no intermediate below the float64 range (λ = exp(-s) as
+    float64 rounds it, the value the oracle and the backends use).
+    """
+    s = t64.slopes.detach().double()
+    if s.numel() == 0:
+        return T
+    gone = torch.exp(-2.0 * s) == 0
+    if not bool(gone.any()):
+        return T
+    sq_problem = problem.replace(scale=problem.scale ** 2)
+    d2 = _d2_slopes(sq_problem, sq, slopes=torch.where(gone, s, sq.slopes.detach().double()).to(sq.slopes.dtype))
+    fixed = d2.abs().sqrt() * torch.exp(-s).sqrt()  # λ as the oracle rounds it (2^-1074 for s = 745)
+    return torch.where(gone, torch.maximum(T, fixed), T)
 
 
 def _with_slopes_leaf(slopes_leaf: torch.Tensor):
