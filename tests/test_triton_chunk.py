@@ -318,3 +318,58 @@ def test_config_env_and_errors(monkeypatch):
     with pytest.raises(TypeError, match="state must be torch.float32"):
         fused_decode_step(q[:, :, 0], q[:, :, 0], q[:, :, 0], torch.zeros(1, 2, 4, 4, device=DEVICE,
                                                                           dtype=torch.float64))
+
+
+# -- the host path: eager calls skip the custom-op machinery, no per-call host→device work ---------
+
+def test_host_path_is_lean(monkeypatch):
+    """With the kernels mocked out, an eager fused-schedule step launches exactly one forward and
+    two backward kernels, goes through neither custom op (torch.compile still does, above),
+    and builds no index tensors (those are for packed sequences only)."""
+    from linattn.backends.triton import chunk, chunk_bwd, chunk_fwd
+
+    launched = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launched.append((self.name, a))
+
+    for mod in (chunk_fwd, chunk_bwd):
+        for name in dir(mod):
+            if "_kernel" in name:
+                monkeypatch.setattr(mod, name, Fake(name))
+
+    def refuse(*a, **kw):
+        raise AssertionError("the eager path went through a custom op")
+
+    monkeypatch.setattr(chunk, "_chunk_fwd_op", refuse)
+    monkeypatch.setattr(chunk, "_chunk_bwd_op", refuse)
+    q, k, v = (torch.randn(2, 4, 3 * BT, 16, requires_grad=True) for _ in range(3))
+    s = torch.rand(4, requires_grad=True)
+    with chunk_config(split=-1, bwd_split=-1):
+        o, _ = chunk_linear_attention(q, k, v, decay=s)
+        torch.autograd.grad(o, (q, k, v, s), torch.ones_like(o))
+    assert [n for n, _ in launched] == ["chunk_fwd_kernel_o", "chunk_bwd_kernel_dq", "chunk_bwd_kernel_dkv"]
+    # split_index (the packed-sequence index) is None in every launch
+    assert all(a[7 if n == "chunk_fwd_kernel_o" else 9] is None for n, a in launched)
+    launched.clear()
+    with torch.no_grad():
+        chunk_linear_attention(q, k, v, decay=s)
+    assert [n for n, _ in launched] == ["chunk_fwd_kernel_o"]
+
+
+def test_gradient_through_the_final_state_only():
+    """The eager autograd.Function gets no gradient for o when only the state reaches the loss."""
+    p = make(1, 2, 2, 2 * BT + 3, 8, 5, state=True, seed=21)
+    got, want = {}, {}
+    for out, fn, dev in ((got, chunk_linear_attention, DEVICE), (want, reference, "cpu")):
+        q, k, v = (p[n].to(dev).requires_grad_() for n in "qkv")
+        s = p["decay"].to(dev).requires_grad_()
+        _, S = fn(q, k, v, decay=s, scale=0.7, output_final_state=True)
+        out.update(zip("qkvs", torch.autograd.grad((S * p["dS"].to(dev)).sum(), (q, k, v, s),
+                                                   materialize_grads=True)))  # q: unused, zeros
+    for n in "qkvs":
+        torch.testing.assert_close(got[n].cpu(), want[n], rtol=1e-10, atol=1e-10)

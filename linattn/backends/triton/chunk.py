@@ -85,8 +85,23 @@ _local = threading.local()
 _ENV = "LINATTN_CHUNK"
 
 
+_env_cache: tuple = ("", ChunkConfig())
+
+
 def _env_config() -> ChunkConfig:
-    text = os.environ.get(_ENV, "").strip()
+    """``$LINATTN_CHUNK`` parsed, re-parsed only when the variable changes (it is read on
+    every call: host time counts when the kernels are short)."""
+    global _env_cache
+    raw = os.environ.get(_ENV, "")
+    if raw == _env_cache[0]:
+        return _env_cache[1]
+    cfg = _parse_env(raw)
+    _env_cache = (raw, cfg)
+    return cfg
+
+
+def _parse_env(raw: str) -> ChunkConfig:
+    text = raw.strip()
     if not text:
         return ChunkConfig()
     names = {f.name for f in fields(ChunkConfig)}
@@ -122,10 +137,17 @@ def chunk_config(**overrides):
         _local.config = old
 
 
+_SMS: dict = {}
+
+
 def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4  # the interpreter: small, so that tests see several splits
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    sms = _SMS.get(index)
+    if sms is None:
+        sms = _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return sms
 
 
 def _pow2(n: int) -> int:
@@ -453,6 +475,39 @@ def _backward_rule(ctx, do, dht):
 torch.library.register_autograd("linattn::chunk_fwd", _backward_rule, setup_context=_setup_context)
 
 
+# -- the eager path ----------------------------------------------------------------------------------
+#
+# A custom-op call costs ~4x the Python of the launcher itself (dispatcher round trips,
+# schema defaults, the autograd wrapper), twice per training step: measured with the
+# launches mocked out (tests/test_triton_chunk.py::test_host_path_is_lean). Eager calls
+# therefore take a plain autograd.Function around the same launchers; torch.compile
+# traces the custom ops above (``torch.compiler.is_compiling()``), which it needs.
+
+
+class _ChunkFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state):
+        o, ht = _forward(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state)
+        ctx.save_for_backward(q, k, v, slopes, initial_state, cu_seqlens)
+        ctx.causal, ctx.scale = causal, scale
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, slopes, initial_state, cu_seqlens = ctx.saved_tensors
+        if do is None:  # only the final state reached the loss
+            do = q.new_zeros(q.shape[:-1] + (v.shape[-1],))
+        slope_grad = slopes is not None and ctx.needs_input_grad[3]
+        state_grad = initial_state is not None and ctx.needs_input_grad[4]
+        dq, dk, dv, ds, dh0 = _backward(
+            do.contiguous(), None if dht is None else dht.contiguous(), q, k, v, slopes,
+            initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad,
+        )
+        return (dq, dk, dv, ds if slope_grad else None, dh0 if state_grad else None,
+                None, None, None, None)
+
+
 # -- the entry point ---------------------------------------------------------------------------------
 
 
@@ -525,8 +580,12 @@ def chunk_linear_attention(
     slopes = None if decay is None else decay.to(sdt).contiguous()
     h0 = None if initial_state is None else initial_state.to(sdt).contiguous()
     cu = None if cu_seqlens is None else cu_seqlens.to(torch.int64).contiguous()
-    o, ht = _chunk_fwd_op(
-        q.contiguous(), k.contiguous(), v.contiguous(), slopes, h0, cu,
-        causal, float(scale), bool(output_final_state) and causal,
-    )
+    args = (q.contiguous(), k.contiguous(), v.contiguous(), slopes, h0, cu,
+            causal, float(scale), bool(output_final_state) and causal)
+    if torch.compiler.is_compiling():
+        o, ht = _chunk_fwd_op(*args)
+    elif torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
+        o, ht = _ChunkFn.apply(*args)
+    else:
+        o, ht = _forward(*args)
     return o, (ht if output_final_state and causal else None)
