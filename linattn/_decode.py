@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import warnings
 from typing import NamedTuple, Optional
 
 import torch
@@ -61,6 +62,25 @@ def torch_decode_step(q, k, v, state, lam: Optional[torch.Tensor], scale: float)
     new = advance_state(k, v, state, lam)
     o = (q[:, :, None, :] @ new)[:, :, 0] * scale  # [B, H, E]
     return o, new
+
+
+def _check_fp16_output(o, q, k, v, state, decay) -> None:
+    """float16 o holding inf/NaN from finite inputs: warn with advice, as linear_attention
+    does (same switch, ``LINATTN_FP16_CHECK=0``; float16 calls only: one ``isfinite`` pass
+    over the [B, H, E] output and one device-to-host sync per step)."""
+    from ._api import _FP16_ADVICE, Float16OverflowWarning, _all_finite, _fp16_check_wanted
+
+    if not _fp16_check_wanted(q) or o.numel() == 0 or _all_finite(o):
+        return
+    if not _all_finite(q, k, v, state, decay):
+        return  # an inf/NaN input explains it: propagated, not an overflow
+    bad = int((~torch.isfinite(o)).sum())
+    warnings.warn(
+        f"float16 overflow in decode_step: {bad} of {o.numel()} entries of o are inf/NaN although "
+        f"q, k, v, the state and the slopes are all finite. {_FP16_ADVICE}",
+        Float16OverflowWarning,
+        stacklevel=3,
+    )
 
 
 def _token(name: str, t, rank3: str) -> torch.Tensor:
@@ -206,6 +226,7 @@ def decode_step(
             q3.to(cdt), k3.to(cdt), v3.to(cdt), state.to(cdt), lam, scale
         )
         o, new = o.to(q3.dtype), new.to(state.dtype)
+    _check_fp16_output(o, q3, k3, v3, state, decay)
     if inplace:
         state.copy_(new)  # autograd records the copy when q, k, v or decay need grad
         new = state

@@ -363,6 +363,74 @@ def test_decode_step_rejects_non_finite_slopes_like_linear_attention(bad):
     _raises(ValueError, ["finite and >= 0", f"s[1]={bad:g}"], lambda: decode_step(_q, _k, _v, _S, decay=s))
 
 
+def _decode_backends():
+    from linattn.backends.triton import common
+
+    return ["torch"] + (["triton"] if common.unavailable() is None else [])
+
+
+DECODE_BACKENDS = _decode_backends()
+
+
+def _decode_problem(dtype, H=4, Hkv=2, D=5, E=3, seed=11):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return (r(2, H, D).to(dtype), r(2, Hkv, D).to(dtype), r(2, Hkv, E).to(dtype), r(2, H, D, E).float(),
+            torch.rand(H, generator=g, dtype=torch.float64).float())
+
+
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+def test_decode_step_float16_overflow_warns_with_advice(backend):
+    """decode_step in float16: o overflowing from finite inputs warns like linear_attention
+    (it used to come back inf without a word); normalising q and k, as advised, fixes it;
+    no warning when o is finite, nor when an inf input explains the inf."""
+    from linattn import decode_step
+
+    q, k, v, S, s = _decode_problem(torch.float16)
+    big_q, big_k, big_v = q * 200, k * 200, v * 200
+    with pytest.warns(Float16OverflowWarning, match="float16 overflow in decode_step.*Normalise q and k"):
+        o, _ = decode_step(big_q, big_k, big_v, S, decay=s, backend=backend)
+    assert not bool(torch.isfinite(o).all())
+    nq, nk = big_q / big_q.norm(dim=-1, keepdim=True), big_k / big_k.norm(dim=-1, keepdim=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Float16OverflowWarning)
+        o, _ = decode_step(nq, nk, big_v, S, decay=s, backend=backend)
+        assert bool(torch.isfinite(o).all())
+        q_inf = big_q.clone()
+        q_inf[0, 1, 2] = INF
+        o, _ = decode_step(q_inf, big_k, big_v, S, decay=s, backend=backend)  # inf in, inf out: no warning
+        assert not bool(torch.isfinite(o).all())
+        o, _ = decode_step(q.to(torch.bfloat16) * 200, k.to(torch.bfloat16) * 200, v.to(torch.bfloat16) * 200, S,
+                           decay=s, backend=backend)  # bfloat16: finite, nothing to report
+        assert bool(torch.isfinite(o).all())
+
+
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+@pytest.mark.parametrize("target", ["q", "k", "v", "state"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_decode_step_nan_inf_propagate_like_the_reference(backend, target, value):
+    """A bad value in q, k, v or the state: decode_step's non-finite entries of o and of the
+    new state are exactly those of the float64 reference on the same one-token problem
+    (linear_attention with the state as initial_state; one token has no future, so the
+    reference's set is the structural one)."""
+    from linattn import decode_step
+
+    q, k, v, S, s = _decode_problem(torch.float32)
+    bad = float(value)
+    t = dict(q=q, k=k, v=v, state=S)[target].clone()
+    t.view(-1)[t.numel() // 2] = bad
+    args = dict(q=q, k=k, v=v, state=S)
+    args[target] = t
+    o, new = decode_step(args["q"], args["k"], args["v"], args["state"], decay=s, backend=backend)
+    ro, rnew = linear_attention(args["q"][:, :, None].double(), args["k"][:, :, None].double(),
+                                args["v"][:, :, None].double(), decay=s.double(), initial_state=args["state"].double(),
+                                output_final_state=True, backend="reference")
+    assert torch.equal(~torch.isfinite(o), ~torch.isfinite(ro[:, :, 0])), (target, value, o, ro)
+    assert torch.equal(~torch.isfinite(new), ~torch.isfinite(rnew)), (target, value)
+    # the bad value is never dropped silently: q reaches o; k, v and the state reach the new state
+    assert not bool(torch.isfinite(o if target == "q" else new).all())
+
+
 BAD_SLOPES_ARGS = {
     "zero heads": (dict(n_heads=0), ValueError, ["n_heads must be >= 1", "0"]),
     "negative heads": (dict(n_heads=-4), ValueError, ["n_heads", "-4"]),
