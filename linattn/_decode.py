@@ -51,7 +51,7 @@ def advance_state(k, v, state, lam: Optional[torch.Tensor]):
     Hkv = k.shape[1]
     kv = k[..., :, None] * v[..., None, :]  # [B, Hkv, D, E]
     decayed = state if lam is None else state * lam  # [B, H, D, E]
-    return (decayed.reshape(B, Hkv, H // Hkv, D, E) + kv[:, :, None]).reshape(B, H, D, E)
+    return (decayed.reshape(B, Hkv, H // max(Hkv, 1), D, E) + kv[:, :, None]).reshape(B, H, D, E)
 
 
 def torch_decode_step(q, k, v, state, lam: Optional[torch.Tensor], scale: float):
@@ -160,7 +160,7 @@ def decode_step(
         raise ValueError(f"q and k must share the last dim D: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if Hv != Hkv:
         raise ValueError(f"k and v must share heads: k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if Hkv == 0 or H % Hkv != 0:
+    if Hkv == 0 and H != 0 or (Hkv != 0 and H % Hkv != 0):  # H = Hkv = 0: empty, as in linear_attention
         raise ValueError(
             f"the number of k/v heads must divide the number of q heads, got H={H} and Hkv={Hkv}"
         )
@@ -217,7 +217,7 @@ def decode_step(
                 f"decode_step(backend='triton'): {why or 'linattn.backends.triton.decode is not available'}"
             )
 
-    if step is not None:
+    if step is not None and H > 0:  # no heads: nothing to launch, the torch path returns the empties
         o, new = step(q3, k3, v3, state, decay=decay, scale=scale)
     else:
         cdt = torch.float64 if torch.float64 in (state.dtype, q3.dtype) else compute_dtype(q3.dtype)

@@ -431,6 +431,54 @@ def test_decode_step_nan_inf_propagate_like_the_reference(backend, target, value
     assert not bool(torch.isfinite(o if target == "q" else new).all())
 
 
+DECODE_ZERO = {"B": (0, 4, 2, 5, 3), "H": (2, 0, 0, 5, 3), "D": (2, 4, 2, 0, 3), "E": (2, 4, 2, 5, 0)}
+
+
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+@pytest.mark.parametrize("dim", sorted(DECODE_ZERO))
+def test_decode_step_zero_size(backend, dim):
+    """Zero-size B, H, D or E: the right (empty) shapes, exact answers (D = 0: o = 0 and the
+    new state is empty), as linear_attention; H = Hkv = 0 is accepted like there."""
+    from linattn import decode_step
+
+    B, H, Hkv, D, E = DECODE_ZERO[dim]
+    q, k, v = torch.randn(B, H, D), torch.randn(B, Hkv, D), torch.randn(B, Hkv, E)
+    S = torch.randn(B, H, D, E)
+    o, new = decode_step(q, k, v, S, decay=torch.rand(H), backend=backend)
+    assert o.shape == (B, H, E) and new.shape == (B, H, D, E)
+    assert bool((o == 0).all()) and bool(torch.isfinite(new).all())
+
+
+@pytest.mark.parametrize("backend", DECODE_BACKENDS)
+def test_decode_step_hostile_layouts(backend):
+    """Permuted, strided (last-dim stride 2), offset and stride-0 (expanded) q, k, v and state
+    give the contiguous answer to float32 rounding."""
+    from linattn import decode_step
+
+    q, k, v, S, s = _decode_problem(torch.float32)
+    want_o, want_new = decode_step(q, k, v, S, decay=s, backend=backend)
+
+    def strided(x):
+        return torch.stack([x, torch.full_like(x, NAN)], dim=-1).flatten(-2)[..., ::2]
+
+    def offset(x):
+        return torch.cat([torch.full_like(x[..., :1], NAN), x], dim=-1)[..., 1:]
+
+    def permuted(x):
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+
+    for f in (strided, offset, permuted):
+        o, new = decode_step(f(q), f(k), f(v), f(S), decay=s, backend=backend)
+        torch.testing.assert_close(o, want_o, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(new, want_new, rtol=1e-6, atol=1e-6)
+    q0, k0, v0, S0 = q[:1].expand_as(q), k[:1].expand_as(k), v[:1].expand_as(v), S[:1].expand_as(S)
+    o, new = decode_step(q0, k0, v0, S0, decay=s[:1].expand_as(s), backend=backend)
+    ref_o, ref_new = decode_step(q0.contiguous(), k0.contiguous(), v0.contiguous(), S0.contiguous(),
+                                 decay=s[:1].expand_as(s).contiguous(), backend=backend)
+    torch.testing.assert_close(o, ref_o, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(new, ref_new, rtol=1e-6, atol=1e-6)
+
+
 BAD_SLOPES_ARGS = {
     "zero heads": (dict(n_heads=0), ValueError, ["n_heads must be >= 1", "0"]),
     "negative heads": (dict(n_heads=-4), ValueError, ["n_heads", "-4"]),
