@@ -274,6 +274,69 @@ def test_only_v_grad_skips_dk_and_dq(monkeypatch):
     assert launches == [("_dense_bwd_dkdv_kernel", {"NEED_DK": False, "NEED_DV": True})], launches
 
 
+# -- v3: the fused causal/decay backward (dk/dv of key block p and dq of query block p) ------
+
+FUSED_CASES = [
+    # B, H, Hkv, N, D, E, mask shape, decay
+    (1, 2, 1, 1, 5, 3, None, False),
+    (2, 4, 2, 37, 20, 12, None, False),  # N not a multiple of the 32x16 tiles
+    (1, 4, 1, 50, 16, 16, None, True),  # one kv head for 4 query heads; slopes gradient
+    (2, 2, 2, 65, 48, 17, (1, 1, 65, 65), True),  # dense x decay: fused program + the dM kernel
+    (1, 2, 1, 33, 16, 16, (1, 1, 33, 33), False),  # dense x causal
+]
+
+
+def _fused_id(c):
+    B, H, Hkv, N, D, E, ms, decay = c
+    return f"B{B}-H{H}-Hkv{Hkv}-N{N}-D{D}-E{E}-{'decay' if decay else 'causal'}{'-m1x1' if ms else ''}"
+
+
+@pytest.mark.parametrize("mode", ["fused", "split"])
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[_fused_id(c) for c in FUSED_CASES])
+def test_fused_and_split_backward_match_float64(case, mode, monkeypatch):
+    """LINATTN_TRITON_DENSE_BWD=fused forces the one-launch backward in float32 too (auto
+    keeps it for 16-bit inputs); both paths match float64 and launch what they say."""
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", mode)
+    launches = _record_launches(monkeypatch)
+    B, H, Hkv, N, D, E, ms, decay = case
+    p = make_problem(B, H, Hkv, N, N, D, E, ms, decay, seed=5)
+    got = run(p, torch.float32, BACKEND, causal=True)
+    want = run(p, torch.float64, "reference", causal=True, device="cpu")
+    check_float32(got, want)
+    names = [n for n, _ in launches]
+    if mode == "fused":
+        assert names[0] == "_dense_bwd_fused_kernel" and "_dense_bwd_dq_kernel" not in names, names
+        assert ("_dense_bwd_dmask_kernel" in names) == (ms is not None), names
+    else:
+        assert "_dense_bwd_fused_kernel" not in names, names
+
+
+def test_fused_backward_is_the_16bit_default(monkeypatch):
+    monkeypatch.delenv("LINATTN_TRITON_DENSE_BWD", raising=False)
+    launches = _record_launches(monkeypatch)
+    p = make_problem(1, 2, 1, 40, 40, 16, 16, None, decay=True)
+    run(p, torch.bfloat16, BACKEND)
+    run(p, torch.float32, BACKEND)
+    assert [n for n, _ in launches] == ["_dense_bwd_fused_kernel", "_dense_bwd_dq_kernel", "_dense_bwd_dkdv_kernel"]
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "both")
+    with pytest.raises(ValueError, match="LINATTN_TRITON_DENSE_BWD must be one of .*got 'both'"):
+        run(p, torch.float32, BACKEND)
+
+
+@pytest.mark.parametrize("mode", ["fused", "split"])
+def test_extreme_slopes(mode, monkeypatch):
+    """Slopes 0, 1e-6 (weights ~1 across the sequence), 40 and 1e4 (only the diagonal
+    survives float32 underflow; every tile below it is skipped or multiplies exact zeros):
+    finite results, every gradient within the float32 band."""
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", mode)
+    p = make_problem(1, 4, 2, 70, 70, 16, 16, None, decay=True, seed=7)
+    p["decay"] = torch.tensor([0.0, 1e-6, 40.0, 1e4], dtype=torch.float64)
+    got = run(p, torch.float32, BACKEND)
+    want = run(p, torch.float64, "reference", device="cpu")
+    assert all(torch.isfinite(t).all() for t in got.values() if t is not None)
+    check_float32(got, want)
+
+
 def test_gqa_gradients_deterministic():
     p = make_problem(1, 4, 1, 40, 40, 16, 16, (1, 1, 40, 40), decay=True)
     a = run(p, torch.float32, BACKEND)
@@ -374,11 +437,11 @@ def test_smem_estimate_covers_what_an_h100_required():
     # bfloat16 D = 96, E = 160 (tiles 128, 256), dM kernel (64, 128, 8, 3): "Required: 294912"
     assert smem_estimate("dmask", 2, 64, 128, 128, 256, 3) >= 294912
     assert 237568 > H100_SMEM and 294912 > H100_SMEM  # both rightly refused by the estimate
-    with pytest.raises(ValueError, match="kind must be fwd, dq, dkdv or dmask, got 'bwd'"):
+    with pytest.raises(ValueError, match="kind must be fwd, dq, dkdv, fused or dmask, got 'bwd'"):
         smem_estimate("bwd", 2, 64, 64, 64, 64, 3)
 
 
-@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv", "dmask"])
+@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv", "fused", "dmask"])
 def test_every_head_size_has_a_config_that_fits(kind):
     """D, E from 1 to 256 in every dtype: the launcher's chain (fixed config, then the
     fallbacks) holds a config inside the H100 limit by the estimate, for every kernel."""

@@ -29,6 +29,8 @@ float32 (``decay_horizon``).
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from . import common
@@ -42,13 +44,17 @@ if HAVE_TRITON:
     from .common import dot, to_operand
     from .dense_fwd import _autotuned, _pruner, causal_decay, decay_horizon, diagonal_weight
 
-__all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS"]
+__all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS", "FUSED_CONFIGS"]
 
 # (rows, cols, num_warps, num_stages); rows = the block a program owns.
 # Kept small: every config costs a compile (seconds each) the first time a shape is seen.
 DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
 DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+#: The fused causal/decay backward (dk/dv of key block p and dq of query block p in one
+#: program): (BP, BW, warps, stages), BP the block owned in both walks, BW the walked tile.
+FUSED_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
+FUSED_FIXED_GPU = (64, 64, 4, 3)
 #: The configs used when autotuning is off, per kernel (the winners of GPU run 1 at bf16 D = 64).
 FIXED_GPU = (64, 64, 4, 3)
 DQ_FIXED_GPU = (128, 64, 8, 3)
@@ -113,12 +119,27 @@ if HAVE_TRITON:
         BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
-        tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
-        tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
-        tl.static_assert(not NEED_DM or HAS_MASK, "dM needs a mask")
         i_bh, i_n = tl.program_id(0), tl.program_id(1)
         if CAUSAL:  # longest rows first
             i_n = tl.num_programs(1) - 1 - i_n
+        _dq_program(q, k, v, m, s, do, dq, dm, ds, stride_mb, stride_mh, stride_mn, stride_mm,
+                    H, G, N, M, D, E, scale, NI, i_bh, i_n,
+                    HAS_MASK, CAUSAL, DECAY, NEED_DQ, NEED_DM, NEED_DS, BN, BM, BD, BE, PRECISION, UPCAST)
+
+    @triton.jit
+    def _dq_program(
+        q, k, v, m, s, do, dq, dm, ds,
+        stride_mb, stride_mh, stride_mn, stride_mm,
+        H, G, N, M, D, E, scale, NI, i_bh, i_n,
+        HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        NEED_DQ: tl.constexpr, NEED_DM: tl.constexpr, NEED_DS: tl.constexpr,
+        BN: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """dq (and fused dM, the slopes partial) of query block ``i_n`` of (b, h) = ``i_bh``."""
+        tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
+        tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
+        tl.static_assert(not NEED_DM or HAS_MASK, "dM needs a mask")
         i_b, i_h = i_bh // H, i_bh % H
         i_kv = i_b * (H // G) + i_h // G
         i0 = i_n * BN
@@ -221,9 +242,24 @@ if HAVE_TRITON:
         BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
+        i_bg, i_m = tl.program_id(0), tl.program_id(1)  # causal: the longest walks (small j0) come first
+        _dkdv_program(q, k, v, m, s, do, dk, dv, stride_mb, stride_mh, stride_mn, stride_mm,
+                      H, G, N, M, D, E, scale, i_bg, i_m,
+                      HAS_MASK, CAUSAL, DECAY, NEED_DK, NEED_DV, BM, BN, BD, BE, PRECISION, UPCAST)
+
+    @triton.jit
+    def _dkdv_program(
+        q, k, v, m, s, do, dk, dv,
+        stride_mb, stride_mh, stride_mn, stride_mm,
+        H, G, N, M, D, E, scale, i_bg, i_m,
+        HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        NEED_DK: tl.constexpr, NEED_DV: tl.constexpr,
+        BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """dk, dv of key block ``i_m`` of (b, kv head) = ``i_bg``, summed over its GQA group."""
         tl.static_assert(BD >= 16 and BE >= 16 and BN >= 16 and BM >= 16, "tiles must be >= 16 for tl.dot")
         tl.static_assert(not DECAY or CAUSAL, "decay implies causal")
-        i_bg, i_m = tl.program_id(0), tl.program_id(1)  # causal: the longest walks (small j0) come first
         Hkv = H // G
         i_b, i_g = i_bg // Hkv, i_bg % Hkv
         j0 = i_m * BM
@@ -278,6 +314,33 @@ if HAVE_TRITON:
         if NEED_DV:
             tl.store(dv + o_m[:, None] * E + o_e[None, :], (b_dv * scale).to(dv.dtype.element_ty),
                      mask=m_m[:, None] & m_e[None, :])
+
+    @triton.jit
+    def _dense_bwd_fused_kernel(
+        q, k, v, m, s, do, dq, dk, dv, ds,
+        stride_mb, stride_mh, stride_mn, stride_mm,
+        H, G, N, M, D, E, scale, NI,
+        HAS_MASK: tl.constexpr, CAUSAL: tl.constexpr, DECAY: tl.constexpr,
+        NEED_DQ: tl.constexpr, NEED_DS: tl.constexpr, NEED_DK: tl.constexpr, NEED_DV: tl.constexpr,
+        BP: tl.constexpr, BW: tl.constexpr, BD: tl.constexpr, BE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """dk/dv of key block p and dq of query block p in one program (causal/decay, N == M).
+
+        With causal weights the dk/dv walk of key block p covers rows [p·BP, N) and the dq
+        walk of query block p keys [0, (p+1)·BP): every program does about N/BP tile steps
+        (times the group size), so the launch has no long tail and is one launch, not two.
+        """
+        i_bg, i_p = tl.program_id(0), tl.program_id(1)
+        _dkdv_program(q, k, v, m, s, do, dk, dv, stride_mb, stride_mh, stride_mn, stride_mm,
+                      H, G, N, M, D, E, scale, i_bg, i_p,
+                      HAS_MASK, CAUSAL, DECAY, NEED_DK, NEED_DV, BP, BW, BD, BE, PRECISION, UPCAST)
+        if NEED_DQ or NEED_DS:
+            i_b, i_g = i_bg // (H // G), i_bg % (H // G)
+            for i_h in range(i_g * G, i_g * G + G):  # the query heads of this kv head
+                _dq_program(q, k, v, m, s, do, dq, q, ds, stride_mb, stride_mh, stride_mn, stride_mm,
+                            H, G, N, M, D, E, scale, NI, i_b * H + i_h, i_p,
+                            HAS_MASK, CAUSAL, DECAY, NEED_DQ, False, NEED_DS, BP, BW, BD, BE, PRECISION, UPCAST)
 
     @triton.jit
     def _dense_bwd_dmask_kernel(
@@ -343,6 +406,7 @@ if HAVE_TRITON:
 
     _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _pruner("dq", "BN", "BM"))
     _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _pruner("dkdv", "BM", "BN"))
+    _fused_tuned = _autotuned(_dense_bwd_fused_kernel, FUSED_CONFIGS, "BP", "BW", _pruner("fused", "BP", "BW"))
     _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _pruner("dmask", "BN", "BM"),
                               key=["N", "M", "BD", "BE", "CAUSAL", "DECAY", "PRECISION", "MB", "MH"])
 
@@ -380,6 +444,30 @@ def dense_backward(
     fuse_dm = need_dmask and mask.shape[0] == B and mask.shape[1] == H
 
     dq = dk = dv = dmask = dslopes = None
+    need_dk, need_dv = need_dkv
+    if _use_fused(causal, N, M, need_dq or need_dslopes, need_dk or need_dv, fuse_dm, configs,
+                  wide=q.element_size() >= 4):
+        # causal/decay: one launch, dk/dv of key block p and dq of query block p per program
+        dq = torch.empty_like(q) if need_dq else q
+        dk = torch.empty_like(k) if need_dk else k
+        dv = torch.empty_like(v) if need_dv else v
+        n_part = triton.cdiv(N, _min_rows(configs))
+        ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
+        launch(
+            _dense_bwd_fused_kernel, _fused_tuned,
+            lambda meta: (B * Hkv, triton.cdiv(N, meta["BP"])),
+            dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq, dk=dk, dv=dv, ds=ds_part, NI=n_part,
+                 **mask_args, **common_args, HAS_MASK=has_mask,
+                 NEED_DQ=need_dq, NEED_DS=need_dslopes, NEED_DK=need_dk, NEED_DV=need_dv),
+            configs.get("fused"), FUSED_FIXED_GPU, FIXED_INTERPRET, "BP", "BW", kind="fused",
+        )
+        if need_dslopes:
+            dslopes = ds_part.view(B, H, -1).sum(dim=(0, 2)).to(slopes.dtype)  # fixed-order reduction
+        if need_dmask:  # a dense mask too: its gradient from the dM kernel (fuse_dm is False here)
+            dmask = torch.empty(mask.shape, device=q.device, dtype=mask.dtype)
+            _launch_dmask(q, k, v, s32, do, dmask, mask, B, common_args, configs)
+        return (dq if need_dq else None, dk if need_dk else None, dv if need_dv else None, dmask, dslopes)
+
     if need_dmask:
         alloc = torch.zeros if (causal and fuse_dm) else torch.empty  # fused: tiles past the diagonal are never visited
         dmask = alloc(mask.shape, device=q.device, dtype=mask.dtype)
@@ -388,9 +476,7 @@ def dense_backward(
         dq = torch.empty_like(q) if need_dq else q
         # slopes: one partial per (b, h, row block); the autotuner picks the row block later,
         # so room is made for the smallest one (unused entries stay 0)
-        min_rows = min(r for r, *_ in DQ_CONFIGS + FALLBACK_CONFIGS + [FIXED_GPU, FIXED_INTERPRET, IEEE_FP32_FIXED,
-                                                                       configs.get("dq") or FIXED_GPU])
-        n_part = triton.cdiv(N, min_rows)
+        n_part = triton.cdiv(N, _min_rows(configs))
         ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
         launch(
             _dense_bwd_dq_kernel, _dq_tuned,
@@ -405,7 +491,6 @@ def dense_backward(
         if not need_dq:
             dq = None
 
-    need_dk, need_dv = need_dkv
     if need_dk or need_dv:
         dk = torch.empty_like(k) if need_dk else k
         dv = torch.empty_like(v) if need_dv else v
@@ -420,11 +505,54 @@ def dense_backward(
         dv = dv if need_dv else None
 
     if need_dmask and not fuse_dm:
-        MB, MH = mask.shape[0], mask.shape[1]
-        args = dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dm=dmask, B=B, MB=MB, MH=MH, **common_args)
-        launch(
-            _dense_bwd_dmask_kernel, _dmask_tuned,
-            lambda meta: (triton.cdiv(N, meta["BN"]), triton.cdiv(M, meta["BM"]), MB * MH),
-            args, configs.get("dmask"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dmask",
-        )
+        _launch_dmask(q, k, v, s32, do, dmask, mask, B, common_args, configs)
     return dq, dk, dv, dmask, dslopes
+
+
+def _launch_dmask(q, k, v, s32, do, dmask, mask, B, common_args, configs):
+    """dM summed over the mask's broadcast dimensions (the dM kernel)."""
+    N, M = common_args["N"], common_args["M"]
+    MB, MH = mask.shape[0], mask.shape[1]
+    args = dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dm=dmask, B=B, MB=MB, MH=MH, **common_args)
+    launch(
+        _dense_bwd_dmask_kernel, _dmask_tuned,
+        lambda meta: (triton.cdiv(N, meta["BN"]), triton.cdiv(M, meta["BM"]), MB * MH),
+        args, configs.get("dmask"), FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dmask",
+    )
+
+
+def _min_rows(configs) -> int:
+    """The smallest query block any dq-computing config may use (sizes the slopes partials)."""
+    cands = DQ_CONFIGS + FUSED_CONFIGS + FALLBACK_CONFIGS + [FIXED_GPU, DQ_FIXED_GPU, FUSED_FIXED_GPU, FIXED_INTERPRET,
+                                                              IEEE_FP32_FIXED]
+    cands += [c for c in (configs.get("dq"), configs.get("fused")) if c]
+    return min(r for r, *_ in cands)
+
+
+#: ``LINATTN_TRITON_DENSE_BWD``: ``auto`` (default) runs causal/decay backwards of 16-bit
+#: inputs as one launch (``_dense_bwd_fused_kernel``) and float32 ones split; ``fused``
+#: fuses every dtype (the interpreter tests use it to cover the fused program in float32);
+#: ``split`` keeps the separate dq and dk/dv kernels of v2, e.g. to time the two.
+_BWD_MODES = ("auto", "fused", "split")
+
+
+def bwd_mode() -> str:
+    mode = os.environ.get("LINATTN_TRITON_DENSE_BWD", "auto") or "auto"
+    if mode not in _BWD_MODES:
+        raise ValueError(f"LINATTN_TRITON_DENSE_BWD must be one of {_BWD_MODES}, got {mode!r}")
+    return mode
+
+
+def _use_fused(causal, N, M, need_q_side, need_kv_side, fuse_dm, configs, wide=False) -> bool:
+    """Whether this backward runs as the one fused launch (see _BWD_MODES)."""
+    mode = bwd_mode()
+    if configs.get("fused"):
+        return causal and N == M and not fuse_dm and need_q_side and need_kv_side
+    if mode == "split" or not causal or N != M or fuse_dm or not (need_q_side and need_kv_side):
+        return False
+    if wide and mode == "auto":
+        # float32 (tf32x3: three products per product) spills registers in the fused program
+        # (1-2 KB per thread compiled for sm_90, against none split): split kernels there
+        return False
+    # explicit per-kernel configs for the split kernels keep the split path
+    return not (configs.get("dq") or configs.get("dkdv")) or bool(configs.get("fused"))

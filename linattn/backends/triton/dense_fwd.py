@@ -127,8 +127,9 @@ def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, B
     their operands K-major): forward (64, 32, 4, 2) at 256/256 took 1.22x and dk/dv
     (32, 32, 4, 1) 1.33x the plain count, so those count 1.5x.
 
-    kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "dmask" (nothing resident,
-    all four tiles pipelined over the (b, h) pairs).
+    kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "fused" (dkdv then dq in one
+    program: the sum of both, an upper bound), "dmask" (nothing resident, all four tiles
+    pipelined over the (b, h) pairs).
     """
     cols_tiles = stages * cols * (BD + BE)
     score = rows * cols
@@ -139,10 +140,12 @@ def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, B
         n = rows * (BD + BE) + cols_tiles + 2 * score
     elif kind == "dkdv":
         n = rows * (BD + BE) + cols_tiles + (4 if wide else 2) * score
+    elif kind == "fused":  # the dk/dv walk then the dq walk in one program: counted as both
+        n = (rows * (BD + BE) + cols_tiles + (4 if wide else 2) * score) + (rows * (BD + BE) + cols_tiles + 2 * score)
     elif kind == "dmask":
         n = stages * (rows + cols) * (BD + BE) + score
     else:
-        raise ValueError(f"kind must be fwd, dq, dkdv or dmask, got {kind!r}")
+        raise ValueError(f"kind must be fwd, dq, dkdv, fused or dmask, got {kind!r}")
     if wide and max(BD, BE) >= 128:
         n = n * 3 // 2
     return bytes_per_el * n
