@@ -21,6 +21,7 @@ backend reports itself unavailable with the reason, and calling it raises
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -29,7 +30,11 @@ from ..._registry import MASK_KINDS, Backend, BackendUnavailable
 from . import emulator, loader
 from .function import MaskedLinearAttention, cuda_forward
 
-__all__ = ["BACKEND", "cuda_forward", "get_ops", "unavailable", "MaskedLinearAttention"]
+__all__ = ["BACKEND", "FP32_OPT_IN", "cuda_forward", "get_ops", "unavailable", "MaskedLinearAttention"]
+
+
+#: float32 on a real GPU: opt-in until the v3 kernels are measured there (see BACKEND below).
+FP32_OPT_IN = os.environ.get("LINATTN_CUDA_FP32", "0") == "1"
 
 
 def unavailable() -> Optional[str]:
@@ -55,10 +60,12 @@ BACKEND = Backend(
     description="CUDA C++ extension: tiled kernels for every mask kind on tensor cores (3xTF32 for fp32; fp16, bf16)",
     devices=frozenset({"cpu", "cuda"}) if emulator.ENABLED else frozenset({"cuda"}),
     # float32 (3xTF32 product kernel, v2) failed the harness bands on an H200 on 2026-11-27
-    # (7 of 15 cases, up to 18x the band: broadcast masks, MQA/GQA, D=256), so on a real GPU
-    # the backend declines float32 until that is fixed; the CPU emulator keeps testing it.
+    # (7 of 15 cases: long mma chains into one accumulator, which tensor cores sum with
+    # truncation). v3 keeps every chain short (engine_mma.cuh, "Short chains"); until that is
+    # measured on a GPU, float32 on a real GPU is opt-in (LINATTN_CUDA_FP32=1, read at import);
+    # the CPU emulator (which models the truncation) always serves it.
     dtypes=frozenset({torch.float16, torch.bfloat16})
-    | (frozenset({torch.float32}) if emulator.ENABLED else frozenset()),
+    | (frozenset({torch.float32}) if emulator.ENABLED or FP32_OPT_IN else frozenset()),
     mask_kinds=frozenset(MASK_KINDS),
     gqa=True,
     state=True,

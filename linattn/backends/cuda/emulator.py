@@ -27,7 +27,7 @@ import torch
 
 from .loader import CSRC
 
-__all__ = ["unavailable", "EmulatedOps", "get_ops", "ENABLED"]
+__all__ = ["unavailable", "EmulatedOps", "get_ops", "ENABLED", "mma_block", "mma_mode"]
 
 ENABLED = os.environ.get("LINATTN_CUDA_EMULATE", "0") == "1"
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -95,6 +95,8 @@ def _build() -> ctypes.CDLL:
         lib.linattn_emu_product.argtypes = [i, p, p, p, p, i, p, i64p, p, i, i, i, i, i, i, i, f, i, i]
         lib.linattn_emu_mask_grad.restype = ctypes.c_char_p
         lib.linattn_emu_mask_grad.argtypes = [i, p, p, p, p, p, i64p, i, i, p, p, p, i, i, i, i, i, i, i, f, i]
+        lib.linattn_emu_mma_block.restype = ctypes.c_float
+        lib.linattn_emu_mma_block.argtypes = [f, ctypes.POINTER(f), ctypes.POINTER(f), i]
         _lib = lib
         return lib
 
@@ -154,6 +156,26 @@ class EmulatedOps:
             int(causal or slopes is not None)))
         dslopes = partials.double().sum(1).float() if want_dslopes else None
         return dmask, dslopes
+
+
+def mma_block(c: float, a, b) -> float:
+    """One emulated tensor-core instruction for one output element, ``c + sum_i a[i] b[i]``
+    (at most 16 terms, each exactly representable in the input format), in the arithmetic
+    that ``LINATTN_CUDA_EMU_MMA`` selects when the library is first loaded: ``rz`` (default,
+    the Hopper hardware model: exact products, truncating alignment with 2 extra bits,
+    result rounded toward zero) or ``rn`` (exact sum rounded to nearest)."""
+    a, b = list(a), list(b)
+    if len(a) != len(b) or len(a) > 16:
+        raise ValueError(f"mma_block: expected two sequences of equal length <= 16, got {len(a)} and {len(b)}")
+    lib = _build()
+    fa, fb = (ctypes.c_float * max(len(a), 1))(*a), (ctypes.c_float * max(len(b), 1))(*b)
+    return float(lib.linattn_emu_mma_block(float(c), fa, fb, len(a)))
+
+
+def mma_mode() -> str:
+    """The emulated tensor-core arithmetic: ``rz`` (hardware model, default) or ``rn``."""
+    mode = os.environ.get("LINATTN_CUDA_EMU_MMA", "rz") or "rz"
+    return mode if mode in ("rz", "rn") else "rz"
 
 
 _OPS = EmulatedOps()

@@ -24,6 +24,18 @@
 // float32 runs in 3xTF32 (mma.cuh): three tf32 MMAs per product, float32-level accuracy.
 // float16 / bfloat16: P is rounded to the input dtype for the second product (as flash
 // attention does); the sums are float32.
+//
+// Short chains (v3). A tensor core does not round its sum to nearest: it aligns the exact
+// products and the accumulator to the largest exponent, truncating what falls below 2 bits
+// under its float32 ulp, and rounds the result toward zero (Fasi et al. 2021; Khattak &
+// Mikaitis 2025 for Hopper; csrc/emu/emu.h models it). Each mma into an accumulator c so
+// loses ~ half an ulp of |c| *toward zero*, and n of them in one chain a biased ~ n u/2 —
+// on the H200, 3xTF32 chained over N = 1024 keys made o 17 times the error of the plain
+// float32 formula. So no chain here is long: `accumulate` sums one contracted tile (32
+// columns = 12 tf32 mma) into a zeroed fragment and adds that to O with ordinary float32
+// adds (round to nearest, errors of random sign), which also covers the GQA/MQA head sums of
+// col mode; `scores` does the same per 32 head-dim columns (only D > 32 has a second
+// stretch). The halves get the same treatment (64 columns = 4 mma per stretch).
 #pragma once
 #include "common.cuh"
 #include "mma.cuh"
@@ -39,12 +51,12 @@ struct Tf32x3Engine {
   LINATTN_HD static int kpad(int K) { return (K + 7) / 8 * 8; }
   LINATTN_HD static int ld_op(int K) { return kpad(K) + 4; }
 
-  // s[j] += A_w B_jᵀ: A_w = 16 rows at Aw, B = BNc rows at Bs (both row stride ld), k < Kp.
-  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const float* Aw, const float* Bs, int ld, int Kp) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const float* a0 = Aw + g * ld + t;        // rows g and g + 8, columns t and t + 4
-    const float* b0 = Bs + g * ld + t;        // row 8j + g, columns t and t + 4
-    for (int k0 = 0; k0 < Kp; k0 += 8) {
+  static constexpr int KS = 32;  // head-dim columns per stretch of `scores` (one fresh fragment each)
+
+  // acc[j] += A_w B_jᵀ over head-dim columns [k_lo, k_hi): one mma chain.
+  static __device__ __forceinline__ void score_span(float (&acc)[NJ][4], const float* a0, const float* b0, int ld,
+                                                    int k_lo, int k_hi) {
+    for (int k0 = k_lo; k0 < k_hi; k0 += 8) {
       uint32_t ahi[4], alo[4], bhi[NJ][2], blo[NJ][2];
       split_tf32(a0[k0], ahi[0], alo[0]);
       split_tf32(a0[8 * ld + k0], ahi[1], alo[1]);
@@ -55,32 +67,65 @@ struct Tf32x3Engine {
         split_tf32(b0[8 * j * ld + k0], bhi[j][0], blo[j][0]);
         split_tf32(b0[8 * j * ld + k0 + 4], bhi[j][1], blo[j][1]);
       }
-      mma_tf32x3<NJ>(s, ahi, alo, bhi, blo);
+      mma_tf32x3<NJ>(acc, ahi, alo, bhi, blo);
+    }
+  }
+
+  // s = A_w B_jᵀ (s zero on entry): A_w = 16 rows at Aw, B = BNc rows at Bs (both row stride
+  // ld), k < Kp. The first KS columns chain into s itself, each further KS into a zeroed
+  // fragment that is then added to s with float32 adds (see "Short chains" above).
+  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const float* Aw, const float* Bs, int ld, int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float* a0 = Aw + g * ld + t;        // rows g and g + 8, columns t and t + 4
+    const float* b0 = Bs + g * ld + t;        // row 8j + g, columns t and t + 4
+    score_span(s, a0, b0, ld, 0, imin(Kp, KS));
+    for (int k1 = KS; k1 < Kp; k1 += KS) {
+      float part[NJ][4];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+      score_span(part, a0, b0, ld, k1, imin(Kp, k1 + KS));
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
     }
   }
 
   // o[n] += P C: P = s (16 x BNc, accumulator layout), C = [BNc][LDC] at Cs, 64 channels.
+  // Per group of 4 channel fragments, the whole tile's P C is one short mma chain into a
+  // zeroed fragment, added to o with float32 adds (see "Short chains" above).
   static __device__ __forceinline__ void accumulate(float (&o)[8][4], const float (&s)[NJ][4], const float* Cs) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
-    for (int kk = 0; kk < NJ; ++kk) {
-      uint32_t ahi[4], alo[4];
-      // A slot t <- P column 2t, slot t + 4 <- column 2t + 1 (rows g, g + 8)
-      split_tf32(s[kk][0], ahi[0], alo[0]);
-      split_tf32(s[kk][2], ahi[1], alo[1]);
-      split_tf32(s[kk][1], ahi[2], alo[2]);
-      split_tf32(s[kk][3], ahi[3], alo[3]);
-      const float* c0 = Cs + (8 * kk + 2 * t) * LDC + g;  // C rows 8kk + 2t, 8kk + 2t + 1
+    for (int half = 0; half < 2; ++half) {  // 4 channel fragments at a time (fewer live registers)
+      float part[4][4];
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {  // 4 channel fragments at a time (fewer live registers)
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < NJ; ++kk) {
+        uint32_t ahi[4], alo[4];
+        // A slot t <- P column 2t, slot t + 4 <- column 2t + 1 (rows g, g + 8)
+        split_tf32(s[kk][0], ahi[0], alo[0]);
+        split_tf32(s[kk][2], ahi[1], alo[1]);
+        split_tf32(s[kk][1], ahi[2], alo[2]);
+        split_tf32(s[kk][3], ahi[3], alo[3]);
+        const float* c0 = Cs + (8 * kk + 2 * t) * LDC + g;  // C rows 8kk + 2t, 8kk + 2t + 1
         uint32_t bhi[4][2], blo[4][2];
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
           split_tf32(c0[8 * (4 * half + n)], bhi[n][0], blo[n][0]);
           split_tf32(c0[LDC + 8 * (4 * half + n)], bhi[n][1], blo[n][1]);
         }
-        mma_tf32x3<4>(*reinterpret_cast<float(*)[4][4]>(&o[4 * half][0]), ahi, alo, bhi, blo);
+        mma_tf32x3<4>(part, ahi, alo, bhi, blo);
       }
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
     }
   }
 };
@@ -95,11 +140,11 @@ struct HalfMmaEngine {
   LINATTN_HD static int kpad(int K) { return round16(K); }
   LINATTN_HD static int ld_op(int K) { return round16(K) + 8; }
 
-  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const T* Aw, const T* Bs, int ld, int Kp) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const T* a0 = Aw + g * ld + 2 * t;
-    const T* b0 = Bs + g * ld + 2 * t;
-    for (int k0 = 0; k0 < Kp; k0 += 16) {
+  static constexpr int KS = 64;  // head-dim columns per stretch of `scores`
+
+  static __device__ __forceinline__ void score_span(float (&acc)[NJ][4], const T* a0, const T* b0, int ld, int k_lo,
+                                                    int k_hi) {
+    for (int k0 = k_lo; k0 < k_hi; k0 += 16) {
       uint32_t a[4], b[NJ][2];
       a[0] = ld_pair(a0 + k0);
       a[1] = ld_pair(a0 + 8 * ld + k0);
@@ -110,29 +155,63 @@ struct HalfMmaEngine {
         b[j][0] = ld_pair(b0 + 8 * j * ld + k0);
         b[j][1] = ld_pair(b0 + 8 * j * ld + k0 + 8);
       }
-      mma_half_row<T, NJ>(s, a, b);
+      mma_half_row<T, NJ>(acc, a, b);
     }
   }
 
+  // s = A_w B_jᵀ (s zero on entry), in stretches of KS head-dim columns as Tf32x3Engine.
+  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const T* Aw, const T* Bs, int ld, int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const T* a0 = Aw + g * ld + 2 * t;
+    const T* b0 = Bs + g * ld + 2 * t;
+    score_span(s, a0, b0, ld, 0, imin(Kp, KS));
+    for (int k1 = KS; k1 < Kp; k1 += KS) {
+      float part[NJ][4];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+      score_span(part, a0, b0, ld, k1, imin(Kp, k1 + KS));
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
+    }
+  }
+
+  // o += P C for the tile: per group of 4 channel fragments one chain of 4 mma into a zeroed
+  // fragment, then float32 adds into o.
   static __device__ __forceinline__ void accumulate(float (&o)[8][4], const float (&s)[NJ][4], const T* Cs) {
 #pragma unroll
-    for (int kk = 0; kk < NJ / 2; ++kk) {
-      // P columns 16kk..16kk+15 are the fragments 2kk and 2kk + 1 of S: the A layout as is
-      uint32_t a[4], b[8][2];
-      a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
-      a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
-      a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    for (int half = 0; half < 2; ++half) {
+      float part[4][4];
 #pragma unroll
-      for (int n = 0; n < 8; n += 2) {
-        uint32_t r[4];
-        ldsm_x4_trans(r, Cs + 16 * kk * LDC + 8 * n, LDC);
-        b[n][0] = r[0];
-        b[n][1] = r[1];
-        b[n + 1][0] = r[2];
-        b[n + 1][1] = r[3];
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < NJ / 2; ++kk) {
+        // P columns 16kk..16kk+15 are the fragments 2kk and 2kk + 1 of S: the A layout as is
+        uint32_t a[4], b[4][2];
+        a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+        for (int n = 0; n < 4; n += 2) {
+          uint32_t r[4];
+          ldsm_x4_trans(r, Cs + 16 * kk * LDC + 8 * (4 * half + n), LDC);
+          b[n][0] = r[0];
+          b[n][1] = r[1];
+          b[n + 1][0] = r[2];
+          b[n + 1][1] = r[3];
+        }
+        mma_half_row<T, 4>(part, a, b);
       }
-      mma_half_row<T, 8>(o, a, b);
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
     }
   }
 };

@@ -18,7 +18,9 @@
 //     into one of two buffers while the warps compute on the other (double buffering; one
 //     buffer when two do not fit, e.g. DA = 256 in float32);
 //   * each warp: S = a bᵀ (registers), S ⊙= W' (mask tile from shared memory, causal and
-//     decay factors from the indices), O += P c (registers);
+//     decay factors from the indices), O += P c (registers; the tile's P c is summed into a
+//     zeroed fragment and added to O with float32 adds, so that no tensor-core chain spans
+//     more than one tile: engine_mma.cuh, "Short chains");
 //   * in col mode the loop also runs over the query heads of the kv group (GQA/MQA), so dk
 //     and dv come out summed over the group in a fixed order: no atomics, no expanded K/V;
 //   * with causal, tiles wholly above the diagonal are never visited (row mode stops at the
@@ -26,7 +28,9 @@
 //   * E > 64 is split over blocks (the grid's channel tiles); DA is whole (up to 256).
 // Rows past N or M and channels past DA or EC are zero-filled in shared memory (cp.async
 // zero-fill), so any length works without padding the tensors. The host picks the largest
-// configuration that fits: 8 warps and two buffers first (kernels.cuh).
+// configuration that fits: 8 warps and two buffers first (kernels.cuh). __launch_bounds__
+// asks for 16 / WARPS blocks per SM (at most 128 registers a thread), so that two 8-warp
+// blocks fit an SM where shared memory allows.
 #pragma once
 #include "common.cuh"
 #include "engine_mma.cuh"
@@ -96,7 +100,7 @@ struct ProductTiles {
 };
 
 template <class Eng, int WARPS>
-__global__ void __launch_bounds__(32 * WARPS) masked_product_kernel(ProductArgs p, int tiles_r, int tiles_e,
+__global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(ProductArgs p, int tiles_r, int tiles_e,
                                                                     int stages) {
   using T = typename Eng::T;
   constexpr int NTH = 32 * WARPS, BMr = 16 * WARPS, BC = Eng::BNc, NJ = Eng::NJ;

@@ -10,6 +10,18 @@
 // deposit their fragments, meet at a per-warp barrier, and each lane computes its own
 // accumulator elements from the others' fragments (emu::warp_mma). ldmatrix and cp.async
 // are emulated per lane (cp.async copies at once, which is one legal schedule).
+// Tensor-core arithmetic (emu::mma_block): by default the hardware model of Hopper (H100 /
+// H200) for mma.sync with float32 accumulation, after Fasi, Higham, Mikaitis & Pranesh,
+// "Numerical behavior of NVIDIA tensor cores" (PeerJ CS 2021) and Khattak & Mikaitis,
+// "Accurate models of NVIDIA tensor cores" (arXiv 2512.07004): the products of one
+// instruction's whole k (8 for tf32, 16 for halves) are exact; they and the accumulator c
+// are aligned to the largest exponent among them, each significand keeping 2 bits below the
+// float32 ulp of that exponent and losing the rest by truncation (no sticky bit); the
+// aligned terms are summed exactly and the sum is normalised and rounded toward zero to
+// float32. So every instruction drops ~ half a float32 ulp of |c| *toward zero*: a long
+// chain of mma into one accumulator carries a biased error ~ n u, not ~ sqrt(n) u.
+// LINATTN_CUDA_EMU_MMA=rn selects an idealised unit instead (the same exact products and c
+// summed, rounded once to nearest), to tell the two apart in tests.
 // What this cannot catch: bank conflicts, register pressure, real races between warps that
 // the barrier hides; compute-sanitizer (gpu/cuda_sanitize.sh) covers those on a GPU.
 #pragma once
@@ -19,7 +31,10 @@
 #include <cuda_bf16.h>
 #include <vector_types.h>
 
+#include <algorithm>
 #include <atomic>
+#include <climits>
+#include <cstdlib>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -54,6 +69,81 @@ inline uint32_t tf32_rna(float x) {
   std::memcpy(&u, &x, 4);
   if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
   return u;
+}
+
+// 0: hardware model (truncating alignment, round toward zero); 1: round to nearest.
+inline int mma_mode() {
+  static const int mode = [] {
+    const char* e = std::getenv("LINATTN_CUDA_EMU_MMA");
+    if (e == nullptr || e[0] == 0 || std::strcmp(e, "rz") == 0) return 0;
+    if (std::strcmp(e, "rn") == 0) return 1;
+    std::fprintf(stderr, "LINATTN_CUDA_EMU_MMA: expected 'rz' (hardware model, default) or 'rn', got '%s'; using rz\n", e);
+    return 0;
+  }();
+  return mode;
+}
+
+// float32 nearest to x in the direction of zero (x finite, |x| within float range).
+inline float to_f32_rz(double x) {
+  float f = (float)x;  // round to nearest
+  if ((double)std::fabs(f) > std::fabs(x)) f = std::nextafterf(f, 0.f);
+  return f;
+}
+
+// One tensor-core instruction's d = c + sum_k a[k] b[k] for one output element (float32
+// accumulation), a and b exactly representable in the input format (tf32 / fp16 / bf16).
+// Hardware model (mma_mode() == 0), per Khattak & Mikaitis's H100 model: all k products
+// in one block (k = 8 for tf32 m16n8k8, 16 for m16n8k16), 2 extra alignment bits, alignment
+// to the largest exponent by truncation, final rounding toward zero. Subnormal corner
+// cases are not modelled (the kernels' data stay far from them).
+inline float mma_block(float c, const float* a, const float* b, int k) {
+  double prod[16];
+  int n = 0;
+  for (int i = 0; i < k; ++i) {
+    const double p = (double)a[i] * (double)b[i];  // exact: <= 2 x 11 significant bits
+    if (p != 0.0) prod[n++] = p;
+  }
+  if (mma_mode() == 1) {
+    double s = c;
+    for (int i = 0; i < n; ++i) s += prod[i];  // exact for these magnitudes in practice
+    return (float)s;
+  }
+  if (n == 0) return c;
+  // exponent of each product as the hardware sees it: ea + eb (significand product in
+  // [1, 4)); one more alignment bit when the largest such product has significand >= 2
+  // and c does not exceed it (the model's "extra bit for products >= 2")
+  int emax_ab = INT32_MIN;
+  double sig_at_max = 0.0;
+  for (int i = 0; i < n; ++i) {
+    int ea, eb;
+    // a[i], b[i] nonzero here; frexp gives m in [0.5, 1): exponent of the leading bit is e - 1
+    std::frexp((double)a[i], &ea);
+    std::frexp((double)b[i], &eb);
+    const int e = (ea - 1) + (eb - 1);
+    const double sig = std::fabs(prod[i]) / std::ldexp(1.0, e);  // in [1, 4)
+    if (e > emax_ab || (e == emax_ab && sig > sig_at_max)) {
+      emax_ab = e;
+      sig_at_max = sig;
+    }
+  }
+  int ec = INT32_MIN;
+  if (c != 0.f) {
+    int e;
+    std::frexp((double)c, &e);
+    ec = std::max(e - 1, -126);
+  }
+  int neab = 2;
+  int emax;  // largest exponent after normalising products >= 2
+  if (sig_at_max >= 2.0 && emax_ab >= ec) {
+    neab += 1;
+    emax = emax_ab + 1;
+  } else {
+    emax = std::max(ec, sig_at_max >= 2.0 ? emax_ab + 1 : emax_ab);
+  }
+  const double q = std::ldexp(1.0, emax - 23 - neab);  // the grid every term is truncated to
+  double s = std::trunc((double)c / q) * q;
+  for (int i = 0; i < n; ++i) s += std::trunc(prod[i] / q) * q;  // exact: < 2^30 grid steps
+  return to_f32_rz(s);
 }
 
 // Per-warp exchange for mma.sync: two slots (alternating), so one barrier per call suffices.
@@ -118,9 +208,12 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment
   float out[16][16];
   for (int r = 0; r < 16; ++r)
     for (int n = 0; n < 16; ++n) {
-      float s = c.x[r][n];
-      for (int k = 0; k < 16; ++k) s += a.x[r][k] * b.x[k][n];
-      out[r][n] = s;
+      float av[16], bv[16];
+      for (int k = 0; k < 16; ++k) {
+        av[k] = a.x[r][k];
+        bv[k] = b.x[k][n];
+      }
+      out[r][n] = emu::mma_block(c.x[r][n], av, bv, 16);
     }
   std::memcpy(d.x, out, sizeof(out));
 }
@@ -151,26 +244,28 @@ inline void warp_mma(int kind, int nj, const float* a, const float* b, float* ac
     for (int e = 0; e < 4; ++e) {
       const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
       float d = acc[4 * j + e];
-      if (kind == 0) {
-        float sums[3] = {0.f, 0.f, 0.f};  // lo*hi, hi*lo, hi*hi
+      if (kind == 0) {  // three m16n8k8 instructions in the order of mma_tf32x3
+        float ahi[8], alo[8], bhi[8], blo[8];
         for (int k = 0; k < 8; ++k) {
           const int al = (row % 8) * 4 + k % 4, ai = (row >= 8) + 2 * (k >= 4);
           const int bl = col * 4 + k % 4, bi = (k >= 4);
-          const float ahi = slot.a[al][ai], alo = slot.a[al][4 + ai];
-          const float bhi = slot.b[bl][4 * j + bi], blo = slot.b[bl][4 * j + 2 + bi];
-          sums[0] = std::fmaf(alo, bhi, sums[0]);
-          sums[1] = std::fmaf(ahi, blo, sums[1]);
-          sums[2] = std::fmaf(ahi, bhi, sums[2]);
+          ahi[k] = slot.a[al][ai];
+          alo[k] = slot.a[al][4 + ai];
+          bhi[k] = slot.b[bl][4 * j + bi];
+          blo[k] = slot.b[bl][4 * j + 2 + bi];
         }
-        d = ((d + sums[0]) + sums[1]) + sums[2];
+        d = mma_block(d, alo, bhi, 8);
+        d = mma_block(d, ahi, blo, 8);
+        d = mma_block(d, ahi, bhi, 8);
       } else {
-        float sum = 0.f;
+        float av[16], bv[16];
         for (int k = 0; k < 16; ++k) {
           const int al = (row % 8) * 4 + (k % 8) / 2, ai = (k % 2) + 2 * (row >= 8) + 4 * (k >= 8);
           const int bl = col * 4 + (k % 8) / 2, bi = (k % 2) + 2 * (k >= 8);
-          sum = std::fmaf(slot.a[al][ai], slot.b[bl][4 * j + bi], sum);
+          av[k] = slot.a[al][ai];
+          bv[k] = slot.b[bl][4 * j + bi];
         }
-        d += sum;
+        d = mma_block(d, av, bv, 16);
       }
       acc[4 * j + e] = d;
     }

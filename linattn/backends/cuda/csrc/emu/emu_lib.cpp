@@ -60,3 +60,12 @@ const char* linattn_emu_mask_grad(int dtype, const void* q, const void* k, const
 }
 
 }  // extern "C"
+
+extern "C" {
+// One emulated tensor-core instruction for one output element: c + sum_i a[i] b[i] (k <= 16),
+// under the mode LINATTN_CUDA_EMU_MMA selects; for tests of the arithmetic model.
+float linattn_emu_mma_block(float c, const float* a, const float* b, int k) {
+  if (k < 0 || k > 16) return NAN;
+  return emu::mma_block(c, a, b, k);
+}
+}  // extern "C"
