@@ -11,7 +11,7 @@ that would start after the budget are listed as skipped):
    up to 48 configs per kernel: 88 s in run 2). At the start the script launches helper
    processes (``--warm ours|misc|fla128|fla64``) that make the timed calls once each, so
    that Triton's on-disk cache holds every kernel before anything is timed. The main
-   process waits for them (at most CHUNK_WARM_WAIT_S, default 0.55·budget; stragglers are
+   process waits for them (at most CHUNK_WARM_WAIT_S, default 0.6·budget; stragglers are
    killed) before it times anything. fla still autotunes in the main process over all of
    its configs on an idle GPU (the helpers run with FLA_CACHE_RESULTS=0, so their choices,
    made on a shared GPU, are never reused): only compilation is shared, the baseline is
@@ -58,7 +58,7 @@ T_START = time.time()
 BUDGET = float(os.environ.get("CHUNK_BUDGET_S", "170"))
 DRY = os.environ.get("CHUNK_DRYRUN") == "1"
 DEV = "cpu" if DRY else "cuda"
-WARM_WAIT = float(os.environ.get("CHUNK_WARM_WAIT_S", str(0.55 * BUDGET)))
+WARM_WAIT = float(os.environ.get("CHUNK_WARM_WAIT_S", str(0.6 * BUDGET)))
 USE_WARMERS = os.environ.get("CHUNK_WARMERS", "1") != "0"
 LONG_N_ITEM_S = 12.0  # what one long-N property check is expected to take (for the wait window)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ import torch  # noqa: E402
 
 CARD = "cpu-dry-run"
 RESULTS = {"env": {}, "copy_bw_GBps": None, "warmers": [], "correctness": [], "host": [], "timings": [],
-           "vs_fla": [], "properties_long_n": [], "dslopes_long_n": [], "decode": [], "skipped": [],
+           "vs_fla": [], "variant_checks": [], "properties_long_n": [], "dslopes_long_n": [], "decode": [], "skipped": [],
            "errors": []}
 
 # -- the shapes and schedules ---------------------------------------------------------------------------
@@ -89,6 +89,12 @@ VARIANTS = {
     "chunk128": dict(chunk=128, fwd_warps=8, bwd_warps=8),
     "stages3": dict(fwd_stages=3, bwd_stages=3),
     "split2048-bwdfused": dict(split=2048, bwd_split=-1),
+    "split256": dict(split=256, bwd_split=256),
+    "fused-w8-s3": dict(split=-1, bwd_split=-1, fwd_warps=8, fwd_stages=3, bwd_stages=3),
+    # one stage: ~half the shared memory per program (q, k, v tiles of 40 KB per stage at
+    # D = 128), so more programs fit on an SM when splits give enough of them
+    "split1024-s1": dict(split=1024, bwd_split=1024, fwd_stages=1, bwd_stages=1),
+    "split512-s1": dict(split=512, bwd_split=512, fwd_stages=1, bwd_stages=1),
 }
 if DRY:
     SHAPES = [(f"dry-{n}", 1, 2, 40, 16) for n, *_ in SHAPES]
@@ -285,6 +291,8 @@ def warm(name: str):
                 with torch.no_grad():
                     fla_fn(*x, s)
             steps.append((f"fla {sname}", run))
+        if name == "fla128":  # the correctness check's call (final state: other kernels)
+            steps.append(("fla vs-fla check", lambda: check_vs_fla(record=False)))
     elif name == "ours":
         for sname, B, H, N, D in SHAPES:
             for vname, cfg in [("default", {})] + (list(VARIANTS.items()) if sname == SHAPES[0][0] else []):
@@ -294,6 +302,14 @@ def warm(name: str):
                         fwd()
                     fwdbwd()
                 steps.append((f"ours[{vname}] {sname}", run))
+        def final_state_call():  # ours as check_vs_fla calls it (final state: other kernels)
+            import linattn
+
+            q, k, v, do, s = inputs(*((1, 2, 40, 16) if DRY else (2, 16, 1024, 128)), seed=13)
+            x = [t.clone().requires_grad_() for t in (q, k, v)]
+            o, S = linattn.linear_attention(*x, decay=s, output_final_state=True, backend="triton")
+            torch.autograd.grad(o, x, do)
+        steps.append(("ours with final state", final_state_call))
     elif name == "misc":
         LIGHTNING = _import_lightning() if not DRY else None
         for sname, B, H, N, D in SHAPES:
@@ -319,7 +335,20 @@ def warm(name: str):
 WARMERS = []
 
 
+def _stop_warmers(*_):
+    """Never leave a helper behind (at exit, or when the stage's timeout sends SIGTERM)."""
+    for _, p, _, _ in WARMERS:
+        if p.poll() is None:
+            p.kill()
+    save()
+
+
 def start_warmers():
+    import atexit
+    import signal
+
+    atexit.register(_stop_warmers)
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))  # runs atexit
     out = os.environ.get("OUT") or "/tmp"
     env = dict(os.environ, FLA_CACHE_RESULTS="0", PYTHONUNBUFFERED="1")
     names = ["ours", "misc"] + ([] if DRY else ["fla128", "fla64"])
@@ -349,7 +378,7 @@ def wait_warmers():
 
 # -- 1. correctness, small ---------------------------------------------------------------------------------
 
-def check_small(B=2, H=16, N=1024, D=128):
+def check_small(B=2, H=16, N=1024, D=128, record=True):
     """Ours vs float64 (chunked backend), bf16 decay, the timing kernels; sync-free call path."""
     import linattn
 
@@ -380,6 +409,8 @@ def check_small(B=2, H=16, N=1024, D=128):
             row["host_syncs"] = f"{type(e).__name__}: {str(e)[:200]}"
         finally:
             torch.cuda.set_sync_debug_mode(0)
+    if not record:
+        return
     add("correctness", row)
     log("  ", {k_: (f"{v_:.2e}" if isinstance(v_, float) else v_) for k_, v_ in row.items()})
 
@@ -422,7 +453,7 @@ def fla_first_call():
     log(f"   fla first call (autotuning) on {SHAPES[0][0]}: {time.time() - t0:.1f}s")
 
 
-def check_vs_fla(B=2, H=16, N=1024, D=128):
+def check_vs_fla(B=2, H=16, N=1024, D=128, record=True):
     """Ours and fla's chunk_simple_gla against float64 and against each other (bf16, decay)."""
     import linattn
 
@@ -443,6 +474,8 @@ def check_vs_fla(B=2, H=16, N=1024, D=128):
             gs = torch.autograd.grad(o, x, do.transpose(1, 2).contiguous())
             o, gs = o.transpose(1, 2), [t.transpose(1, 2) for t in gs]
         res[name] = dict(o=o.detach(), S=S.detach(), dq=gs[0], dk=gs[1], dv=gs[2])
+    if not record:
+        return
     row = dict(shape=f"B{B}-H{H}-N{N}-D{D}", dtype="bfloat16")
     for qn in ("o", "S", "dq", "dk", "dv"):
         row[f"{qn}: ours-ref"] = rel(res["ours"][qn], res["ref64"][qn])
@@ -537,11 +570,16 @@ def time_shape(shape, B, H, N, D):
 
 def time_variants():
     shape, B, H, N, D = SHAPES[0]
+    x = inputs(B, H, N, D)
+    o_default = ours_calls(*x)[0]()
     for vname, cfg in VARIANTS.items():
         if elapsed() > BUDGET:
             RESULTS["skipped"].append(f"{shape}/ours[{vname}]")
             continue
         try:
+            diff = rel(ours_calls(*x, cfg=cfg)[0](), o_default)  # a schedule changes rounding only
+            add("variant_checks", dict(shape=shape, impl=f"ours[{vname}]", config=cfg, o_rel_diff_vs_default=diff))
+            log(f"   ours[{vname}] o vs default: {diff:.1e}")
             time_ours(shape, B, H, N, D, vname, cfg)
         except Exception as e:  # noqa: BLE001
             error(f"time {shape} ours[{vname}]", e)

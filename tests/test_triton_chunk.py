@@ -373,3 +373,24 @@ def test_gradient_through_the_final_state_only():
                                                    materialize_grads=True)))  # q: unused, zeros
     for n in "qkvs":
         torch.testing.assert_close(got[n].cpu(), want[n], rtol=1e-10, atol=1e-10)
+
+
+def test_packed_sequences_read_their_lengths_once(monkeypatch):
+    """cu_seqlens is read on the host (a sync on a GPU) once per training step, not again in
+    the backward; the result still equals separate calls (checked at length elsewhere)."""
+    from linattn.backends.triton import chunk
+
+    reads = []
+    real = chunk._lengths
+
+    def counting(cu):
+        reads.append(cu is not None)
+        return real(cu)
+
+    monkeypatch.setattr(chunk, "_lengths", counting)
+    p = make(1, 2, 1, 2 * BT + 5, 8, 4, seed=31)
+    cu = torch.tensor([0, 7, 7, 2 * BT + 5], device=DEVICE)
+    q, k, v = (p[n].to(DEVICE).requires_grad_() for n in "qkv")
+    o, _ = chunk_linear_attention(q, k, v, decay=p["decay"].to(DEVICE), cu_seqlens=cu)
+    torch.autograd.grad(o, (q, k, v), p["do"].to(DEVICE))
+    assert reads == [True]

@@ -14,8 +14,15 @@ Layers, bottom up:
 
     chunk_fwd.py / chunk_bwd.py   Triton kernels
     _forward / _backward          launchers: allocate, plan, launch
-    linattn::chunk_fwd / _bwd     custom ops (+ register_fake, register_autograd)
+    linattn::chunk_fwd / _bwd     custom ops (+ register_fake, register_autograd), traced
+                                  by torch.compile
+    _ChunkFn                      the eager path: an autograd.Function around the launchers
+                                  (a custom-op call costs more host time than the launch)
     chunk_linear_attention        the entry point the ``triton`` backend calls
+
+Without packed sequences a call never synchronises with the host and copies nothing to
+the device (planning is integer arithmetic on shapes); with ``cu_seqlens`` the lengths
+are read once per forward (one sync) and reused by the eager backward.
 
 Choosing a schedule. The fused schedule (one split per sequence) reads q, k, v once and
 writes o once, but has only B·H·⌈E/BV⌉ programs, too few for, say, B=1 H=16 N=32768 on
@@ -282,8 +289,10 @@ def _fwd_tiles(D: int, E: int, cfg: ChunkConfig):
     return BK, BV, warps, stages
 
 
-def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output_final_state: bool):
-    """Launch the forward pass; returns (o, final state or None)."""
+def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output_final_state: bool,
+             lengths: Optional[list] = None):
+    """Launch the forward pass; returns (o, final state or None). ``lengths``: the packed
+    sequences' lengths when the caller already has them (reading cu_seqlens syncs)."""
     from .chunk_fwd import chunk_fwd_kernel_o
 
     cfg = current_config()
@@ -294,7 +303,9 @@ def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output
     BT = _chunk_size(cfg)
     BK, BV, warps, stages = _fwd_tiles(D, E, cfg)
     NV = math.ceil(E / BV)
-    plan = _plan(N, n_seq, _lengths(cu_seqlens), H * NV, cfg.split, BT, q.device)
+    if lengths is None:
+        lengths = _lengths(cu_seqlens)
+    plan = _plan(N, n_seq, lengths, H * NV, cfg.split, BT, q.device)
     sdt = _state_dtype(q.dtype)
     o = torch.empty(B, H, N, E, device=q.device, dtype=q.dtype)
     ht = torch.empty(n_seq, H, D, E, device=q.device, dtype=sdt) if output_final_state else None
@@ -336,7 +347,7 @@ def _bwd_tiles(D: int, E: int, slope_grad: bool, cfg: ChunkConfig):
 
 
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
-              slope_grad: bool, state_grad: bool):
+              slope_grad: bool, state_grad: bool, lengths: Optional[list] = None):
     """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None)."""
     from .chunk_bwd import chunk_bwd_kernel_dkv, chunk_bwd_kernel_dq
 
@@ -349,7 +360,9 @@ def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: flo
     slope_grad = slope_grad and slopes is not None
     BK, BV, BKf, BE, warps, stages = _bwd_tiles(D, E, slope_grad, cfg)
     NK, NV = math.ceil(D / BK), math.ceil(E / BV)
-    plan = _plan(N, n_seq, _lengths(cu_seqlens), H * (2 * NK + NV), cfg.bwd_split, BT, q.device)
+    if lengths is None:
+        lengths = _lengths(cu_seqlens)
+    plan = _plan(N, n_seq, lengths, H * (2 * NK + NV), cfg.bwd_split, BT, q.device)
     varlen = cu_seqlens is not None
     decay = slopes is not None
     sdt = _state_dtype(q.dtype)
@@ -487,9 +500,10 @@ torch.library.register_autograd("linattn::chunk_fwd", _backward_rule, setup_cont
 class _ChunkFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state):
-        o, ht = _forward(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state)
+        lengths = _lengths(cu_seqlens)  # packed sequences: one host read, kept for the backward
+        o, ht = _forward(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state, lengths)
         ctx.save_for_backward(q, k, v, slopes, initial_state, cu_seqlens)
-        ctx.causal, ctx.scale = causal, scale
+        ctx.causal, ctx.scale, ctx.lengths = causal, scale, lengths
         ctx.set_materialize_grads(False)
         return o, ht
 
@@ -502,7 +516,7 @@ class _ChunkFn(torch.autograd.Function):
         state_grad = initial_state is not None and ctx.needs_input_grad[4]
         dq, dk, dv, ds, dh0 = _backward(
             do.contiguous(), None if dht is None else dht.contiguous(), q, k, v, slopes,
-            initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad,
+            initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad, ctx.lengths,
         )
         return (dq, dk, dv, ds if slope_grad else None, dh0 if state_grad else None,
                 None, None, None, None)
