@@ -6,6 +6,10 @@ threads per block meeting at a barrier on every ``__syncthreads()``, NaN-filled 
 memory, and a lane-by-lane emulation of ``nvcuda::wmma``. The library is built with g++ on
 first use (cached in ``~/.cache/linattn/cuda_emu``) and driven through ctypes.
 
+Tensor-core arithmetic is emulated as Hopper does it (``LINATTN_CUDA_EMU_MMA=rz``, the
+default: exact products, truncating alignment, sum rounded toward zero; see ``emu.h``), so
+long mma chains show the biased error they have on a GPU; ``rn`` rounds to nearest instead.
+
 Set ``LINATTN_CUDA_EMULATE=1`` before importing linattn to make backend ``cuda`` accept CPU
 tensors through this path (slow: it is for checking kernel logic on small problems, in the
 spirit of ``TRITON_INTERPRET=1``). ``EmulatedOps`` mirrors the torch binding's two
