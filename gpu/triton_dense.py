@@ -16,9 +16,10 @@ each catches its own failure; a watchdog ends the process 60 s after the budget)
    ([1,1,N,N] causal, [1,H,N,N] decay) in the same run: fwd and fwd+bwd (q, k, v grads),
    median ms of triton.testing.do_bench through linattn.linear_attention ("wall": what a
    caller sees, host time included), and of the bare kernel calls replayed from a CUDA graph
-   ("gpu": device time only). Paths: v3 default (eager op, fused backward), v3 split backward
-   (LINATTN_TRITON_DENSE_BWD=split, = the v2 kernels), and v2's host path
-   (LINATTN_TRITON_DENSE_OP=custom_op). Fixed tiles (LINATTN_TRITON_AUTOTUNE=0) on every side.
+   ("gpu": device time only). Paths: v3 default (eager op, fused backward, 64x32 tiles), the
+   tensor mask (same kernels as v2), v2 exactly (custom-op host path, split backward, its
+   64x64 dk/dv tiles), and v3 split (split kernels, dk/dv 64x32, eager op). Fixed tiles
+   (LINATTN_TRITON_AUTOTUNE=0) on every side.
 3. The seed example, float32 B16 H12 N1024 D64 0/1 mask [1,1,N,N], fwd+bwd (q, k, v grads),
    autotuned, tf32x3 dots: ms and peak memory against `reference`.
 4. bf16 B4 H12 N4096 D64 mask [1,1,N,N], autotuned: fwd and fwd+bwd with the mask gradient
@@ -331,29 +332,34 @@ def main():
                 return o
             return f
 
-        paths = [  # label, env, mask, kwargs for the API, (mask, slopes, causal) for the bare calls
-            ("in_kernel_v3", dict(LINATTN_TRITON_DENSE_BWD="auto"), None, kw_in, (None, slopes, True)),
-            ("tensor", dict(LINATTN_TRITON_DENSE_BWD="auto"), mask_t, {}, (mask_t, None, False)),
-            ("in_kernel_split", dict(LINATTN_TRITON_DENSE_BWD="split"), None, kw_in, (None, slopes, True)),
-            ("in_kernel_v2host", dict(LINATTN_TRITON_DENSE_BWD="split", LINATTN_TRITON_DENSE_OP="custom_op"),
-             None, kw_in, (None, slopes, True)),
+        v2_dkdv = (64, 64, 4, 3)  # v2's fixed dk/dv tiles (serialised wgmma for causal/decay)
+        paths = [  # label, env, mask, kwargs for the API, (mask, slopes, causal) for the bare calls, v2 tiles
+            ("in_kernel_v3", dict(LINATTN_TRITON_DENSE_BWD="auto"), None, kw_in, (None, slopes, True), False),
+            ("tensor", dict(LINATTN_TRITON_DENSE_BWD="auto"), mask_t, {}, (mask_t, None, False), False),
+            ("in_kernel_v2", dict(LINATTN_TRITON_DENSE_BWD="split", LINATTN_TRITON_DENSE_OP="custom_op"),
+             None, kw_in, (None, slopes, True), True),
+            ("in_kernel_split", dict(LINATTN_TRITON_DENSE_BWD="split"), None, kw_in, (None, slopes, True), False),
         ]
-        for label, ev, mask, kw, bare_args in paths:
+        for label, ev, mask, kw, bare_args, v2_tiles in paths:
             if left() < 6:
                 log(f"{kind} {label}: skipped (time)")
                 continue
+            saved = dense_bwd.DKDV_CAUSAL_FIXED_GPU
             with env(LINATTN_TRITON_AUTOTUNE="0", **ev):
                 r = {}
                 try:
+                    if v2_tiles:
+                        dense_bwd.DKDV_CAUSAL_FIXED_GPU = v2_dkdv
                     r["fwd_ms"] = bench(api(mask, kw))
                     r["fwdbwd_ms"] = bench(api_fb(mask, kw))
                     r["host_fwdbwd_ms"] = host_ms(api_fb(mask, kw))
-                    if label != "in_kernel_v2host":
-                        r["gpu_fwd_ms"] = bench_graph(bare(*bare_args, bwd=False))
-                        r["gpu_fwdbwd_ms"] = bench_graph(bare(*bare_args))
+                    r["gpu_fwd_ms"] = bench_graph(bare(*bare_args, bwd=False))
+                    r["gpu_fwdbwd_ms"] = bench_graph(bare(*bare_args))
                 except Exception as e:  # noqa: BLE001
                     r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                     log(f"{kind} {label}: {r['error']}")
+                finally:
+                    dense_bwd.DKDV_CAUSAL_FIXED_GPU = saved
                 T[label] = r
                 log(f"{kind} {label}: " + ", ".join(f"{n} {x:.3f}" for n, x in r.items() if isinstance(x, float)))
                 save()
@@ -366,11 +372,11 @@ def main():
         if "gpu_fwdbwd_ms" in new:
             T["in_kernel_v3_gpu_fwdbwd_tflops"] = tf(3 * fl, new["gpu_fwdbwd_ms"])  # bwd = 2x fwd algorithmically
         txt = "; ".join(f"{k[8:]} {T[k]:.2f}x" for k in T if k.startswith("speedup_"))
-        old = T.get("in_kernel_split", {})
-        if "fwdbwd_ms" in old and "fwdbwd_ms" in new:
-            txt += f"; fwd+bwd v3 {new['fwdbwd_ms']:.3f} vs split {old['fwdbwd_ms']:.3f} ms"
-            if "fwdbwd_ms" in T.get("in_kernel_v2host", {}):
-                txt += f" vs v2 host path {T['in_kernel_v2host']['fwdbwd_ms']:.3f}"
+        for other in ("in_kernel_v2", "in_kernel_split"):
+            o2 = T.get(other, {})
+            for key in ("fwdbwd_ms", "gpu_fwdbwd_ms"):
+                if key in o2 and key in new:
+                    txt += f"; {key} v3 {new[key]:.3f} vs {other[10:]} {o2[key]:.3f}"
         SUMMARY.append((f"{kind} N8192 H8 D64 bf16 vs tensor (target 1.5x)", txt or "no figures"))
         del mask_t
 

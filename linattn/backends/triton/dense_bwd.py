@@ -53,8 +53,16 @@ DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
 DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 #: The fused causal/decay backward (dk/dv of key block p and dq of query block p in one
 #: program): (BP, BW, warps, stages), BP the block owned in both walks, BW the walked tile.
-FUSED_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3)]
-FUSED_FIXED_GPU = (64, 64, 4, 3)
+#: 64×64 tiles with 4 warps are left out: compiled for sm_90 (bf16, D = 64) ptxas reports
+#: "wgmma.mma_async instructions are serialized due to insufficient register resources"
+#: (C7511) for them, for (64,64,4,2) as well; the three below compile without it.
+FUSED_CONFIGS = [(64, 32, 4, 3), (128, 32, 8, 3), (128, 64, 8, 3)]
+FUSED_FIXED_GPU = (64, 32, 4, 3)
+#: The split dk/dv kernel's fixed config for causal/decay. Its v2 fixed (64,64,4,3) (the
+#: dense-mask winner, kept for masks) compiles for causal/decay (two loops per walk) with
+#: the C7511 wgmma serialisation, and that was the config of run 2's causal/decay timings;
+#: (64,32,4,3) compiles without it (176 registers, 40 KiB).
+DKDV_CAUSAL_FIXED_GPU = (64, 32, 4, 3)
 #: The configs used when autotuning is off, per kernel (the winners of GPU run 1 at bf16 D = 64).
 FIXED_GPU = (64, 64, 4, 3)
 DQ_FIXED_GPU = (128, 64, 8, 3)
@@ -499,7 +507,8 @@ def dense_backward(
             lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
                  **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=need_dk, NEED_DV=need_dv),
-            configs.get("dkdv"), FIXED_GPU, FIXED_INTERPRET, "BM", "BN", kind="dkdv",
+            configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
+            kind="dkdv",
         )
         dk = dk if need_dk else None
         dv = dv if need_dv else None
@@ -524,7 +533,7 @@ def _launch_dmask(q, k, v, s32, do, dmask, mask, B, common_args, configs):
 def _min_rows(configs) -> int:
     """The smallest query block any dq-computing config may use (sizes the slopes partials)."""
     cands = DQ_CONFIGS + FUSED_CONFIGS + FALLBACK_CONFIGS + [FIXED_GPU, DQ_FIXED_GPU, FUSED_FIXED_GPU, FIXED_INTERPRET,
-                                                              IEEE_FP32_FIXED]
+                                                              IEEE_FP32_FIXED, DKDV_CAUSAL_FIXED_GPU]
     cands += [c for c in (configs.get("dq"), configs.get("fused")) if c]
     return min(r for r, *_ in cands)
 
