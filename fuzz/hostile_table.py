@@ -37,6 +37,16 @@ def _raised(fn) -> str:
     return "**no error (silent!)**"
 
 
+def _raised_each(fns) -> str:
+    """Every call must raise; the cell shows the first message and the count."""
+    cells = [_raised(f) for f in fns]
+    silent = [c for c in cells if "silent" in c]
+    if silent:
+        return f"**no error (silent!)** in {len(silent)} of {len(cells)}"
+    kinds = {c.split(":", 1)[0] for c in cells}
+    return cells[0] + (f" ({len(cells)}/{len(cells)})" if len(kinds) == 1 else f" (types: {sorted(kinds)})")
+
+
 def _passes(fn, ok: str) -> str:
     import pytest
 
@@ -84,7 +94,7 @@ def rows(H, backend: str):
                                                                     H._meta(1, 2, 9, 3), backend=backend))),
         ("mask: [6, 7] for N=M=7", _raised(call("mask wrong N"))),
         ("mask: int32", _raised(call("mask int"))),
-        ("slopes: NaN / +Inf / negative", _raised(call("slopes NaN"))),
+        ("slopes: NaN / +Inf / negative", _raised_each([call("slopes NaN"), call("slopes +Inf"), call("slopes negative")])),
         ("slopes: wrong length", _raised(call("slopes wrong length"))),
         ("state: wrong shape", _raised(call("state wrong shape"))),
         ("state: int32", _raised(call("state int"))),
@@ -132,10 +142,63 @@ def rows(H, backend: str):
     return out
 
 
-def main() -> int:
-    H = _suite()
-    names = H.NAMES
-    table = {n: rows(H, n) for n in names}
+def decode_rows(H, backend: str):
+    """decode_step, the other public entry point with backends (torch, triton)."""
+    from linattn import decode_step
+
+    _CURRENT[0] = backend
+
+    def call(name):
+        make, _, _ = H.BAD_DECODE[name]
+        q, k, v, s, kw = make()
+        kw = dict(kw)
+        kw.setdefault("backend", backend)
+        return lambda: decode_step(q, k, v, s, **kw)
+
+    def slopes(bad):
+        s = H.torch.tensor([0.1, bad, 0.1, 0.1])
+        return lambda: decode_step(H._q, H._k, H._v, H._S, decay=s, backend=backend)
+
+    def nan_all():
+        n = 0
+        for target in ("q", "k", "v", "state"):
+            for value in ("nan", "inf", "-inf"):
+                H.test_decode_step_nan_inf_propagate_like_the_reference(backend, target, value)
+                n += 1
+        return n
+
+    n_nan = [0]
+
+    def nan_count():
+        n_nan[0] = nan_all()
+
+    return [
+        ("rank: q of rank 2", _raised(call("q rank 2"))),
+        ("shape: two tokens", _raised(call("q two tokens"))),
+        ("shape: D of k differs", _raised(call("D mismatch"))),
+        ("head ratio: Hkv=3 with H=4", _raised(call("Hkv does not divide H"))),
+        ("dtype: int64 q", _raised(call("q int"))),
+        ("dtype: complex q", _raised(call("q complex"))),
+        ("dtype: mixed (f32 q, f64 k)", _raised(call("mixed dtypes"))),
+        ("state: wrong shape", _raised(call("state wrong shape"))),
+        ("state: float16 / int64 / a list", _raised_each([call("state half"), call("state int"), call("state a list")])),
+        ("device: state on meta", _raised(call("state on meta"))),
+        ("slopes: NaN / +Inf / -Inf / negative", _raised_each([slopes(H.NAN), slopes(H.INF), slopes(-H.INF), slopes(-0.5)])),
+        ("slopes: wrong length / int32", _raised_each([call("slopes wrong length"), call("slopes int")])),
+        ("options: scale=NaN / backend / inplace", _raised_each([call("scale NaN"), call("unknown backend"),
+                                                                 call("inplace not bool")])),
+        ("zero-size B, H, D, E", _passes(lambda: [H.test_decode_step_zero_size(backend, d) for d in H.DECODE_ZERO],
+                                         "exact: empty / zeros ✓ (4 dims)")),
+        ("NaN / ±Inf in q, k, v, state", (lambda r: r or f"= reference's non-finite set ✓ ({n_nan[0]} cases)")(
+            _passes(nan_count, ""))),
+        ("float16 overflow, finite inputs", _passes(lambda: H.test_decode_step_float16_overflow_warns_with_advice(backend),
+                                                    "Float16OverflowWarning + advice ✓")),
+        ("non-contiguous / stride-0 / permuted", _passes(lambda: H.test_decode_step_hostile_layouts(backend),
+                                                         "= contiguous answer ✓")),
+    ]
+
+
+def _print_table(table: dict, names: list) -> list:
     classes = [c for c, _ in table[names[0]]]
     print("| hostile input | behaviour observed | backends |")
     print("|---|---|---|")
@@ -148,7 +211,36 @@ def main() -> int:
             print(f"| {c} | {cell} | {who} |")
     silent = [(n, c) for n in names for c, cell in table[n] if "silent" in cell or "FAIL" in cell]
     print(f"\n{len(classes)} classes x {len(names)} backends; silent or failing cells: {silent or 'none'}")
+    return silent
+
+
+def main() -> int:
+    H = _suite()
+    names = H.NAMES
+    print(f"linear_attention: backends {names}\n")
+    silent = _print_table({n: rows(H, n) for n in names}, names)
+    print(f"\ndecode_step: backends {H.DECODE_BACKENDS}\n")
+    silent += _print_table({n: decode_rows(H, n) for n in H.DECODE_BACKENDS}, H.DECODE_BACKENDS)
+    print("\nGPU only (not observable here; gpu/fuzz_gpu.py, results in docs/results-fuzz.md):\n")
+    print("| hostile input | check | backends |")
+    print("|---|---|---|")
+    for c, chk, who in GPU_ONLY:
+        print(f"| {c} | {chk} | {who} |")
     return 1 if silent else 0
+
+
+#: The classes only a GPU can show: out-of-bounds and racy memory accesses on awkward shapes
+#: (the interpreter and the emulator index with Python/C++ bounds of their own), 64-bit
+#: offsets past 2^31 elements (too large for this CPU), and what the real extension declines.
+GPU_ONLY = [
+    ("awkward shapes: out-of-bounds / uninitialised reads", "compute-sanitizer memcheck, fwd + bwd, 7 problems",
+     "`triton`, `triton_dense`, `cuda`"),
+    ("awkward shapes: shared-memory races", "compute-sanitizer racecheck (+ synccheck), fwd + bwd", "`cuda`"),
+    ("element count past 2^31 (64-bit offsets)", "rows of o, dq, dk, dv against float64 sums",
+     "`triton` (chunk), `triton_dense`, `cuda`"),
+    ("float32 on a real GPU", "UnsupportedRequest naming the capable backends unless LINATTN_CUDA_FP32=1 "
+     "(opt-in until measured; the emulator always serves it)", "`cuda`"),
+]
 
 
 if __name__ == "__main__":
