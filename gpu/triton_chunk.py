@@ -703,6 +703,30 @@ def summary():
             sp = lambda r: f"{r['ms'] / ref['ms']:.2f}x" if r else "-"  # noqa: E731
             log(f"{shape:20s} {mode:7s} default {f(dflt)}  best {best['impl'][5:-1]:18s} {f(best)}  "
                 f"fla {f(fla)} [{sp(fla)}]  lightning {f(la)} [{sp(la)}]")
+    # the done-when, on the default schedule (and on the best variant, for the target shape)
+    targets = []
+    for shape, *_ in SHAPES:
+        for mode in ("fwd", "fwd+bwd"):
+            get = lambda impl: next((r["ms"] for r in rows if r["shape"] == shape and r["mode"] == mode  # noqa: E731
+                                     and r["impl"] == impl), None)
+            ours, fla, la = get("ours[default]"), get("fla.chunk_simple_gla"), get("lightning_attn")
+            if ours is None:
+                continue
+            t = dict(shape=shape, mode=mode, ours_default_ms=ours, fla_ms=fla, lightning_ms=la,
+                     speedup_vs_fla=fla / ours if fla else None,
+                     no_slower_than_both=(fla is None or ours <= fla) and (la is None or ours <= la))
+            if shape == SHAPES[0][0]:
+                t["meets_1.5x_vs_fla"] = bool(fla and fla / ours >= 1.5)
+                best = min((r["ms"] for r in rows if r["shape"] == shape and r["mode"] == mode
+                            and r["impl"].startswith("ours")), default=ours)
+                t["best_variant_speedup_vs_fla"] = fla / best if fla else None
+            targets.append(t)
+            log("target:", {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in t.items()})
+    RESULTS["targets"] = targets
+    for r in RESULTS["variant_checks"]:
+        log(f"variant {r['impl']}: o vs default {r['o_rel_diff_vs_default']:.1e}")
+    for r in RESULTS["warmers"]:
+        log(f"warmer {r['name']}: {r['status']} after {r['seconds']}s")
     for r in RESULTS["host"]:
         log(f"host {r['shape']} {r['impl']}: {r['host_us_per_call']:.0f} us/call, synchronised call {r['synced_call_ms']:.3f} ms")
     for r in RESULTS["decode"]:
