@@ -235,7 +235,7 @@ def main() -> int:
 GPU_ONLY = [
     ("awkward shapes: out-of-bounds / uninitialised reads", "compute-sanitizer memcheck, fwd + bwd, 7 problems",
      "`triton`, `triton_dense`, `cuda`"),
-    ("awkward shapes: shared-memory races", "compute-sanitizer racecheck (+ synccheck), fwd + bwd", "`cuda`"),
+    ("awkward shapes: shared-memory races", "compute-sanitizer racecheck, fwd + bwd", "`cuda`"),
     ("element count past 2^31 (64-bit offsets)", "rows of o, dq, dk, dv against float64 sums",
      "`triton` (chunk), `triton_dense`, `cuda`"),
     ("float32 on a real GPU", "UnsupportedRequest naming the capable backends unless LINATTN_CUDA_FP32=1 "
