@@ -5,6 +5,7 @@ import math
 import numbers
 import os
 import warnings
+import weakref
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -46,6 +47,36 @@ def _check_tensor(name: str, t, ranks=(4,)) -> None:
     if t.dim() not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ValueError(f"{name} must have rank {want}, got shape {_shape(t)} (rank {t.dim()})")
+
+
+# Slopes already found finite and >= 0: id -> (weak reference, version counter). Reading the
+# values back costs a device sync, once per call; a model passes the same slopes tensor (a buffer
+# or a parameter) layer after layer, so it is checked again only when it was modified in place
+# (its version counter moved) or is a different tensor.
+_CHECKED_SLOPES: "dict[int, tuple[weakref.ref, int]]" = {}
+
+
+def check_slope_values(decay: torch.Tensor, meaning: str) -> None:
+    """Raise ValueError naming the heads whose slopes are NaN, infinite or negative."""
+    if not decay.numel():
+        return
+    seen = _CHECKED_SLOPES.get(id(decay))
+    if seen is not None and seen[0]() is decay and seen[1] == decay._version:
+        return
+    ok = torch.isfinite(decay) & (decay >= 0)
+    if not bool(ok.all()):
+        bad = [(h, s) for h, s in enumerate(decay.tolist()) if not ok[h]]
+        raise ValueError(
+            f"decay slopes must be finite and >= 0 ({meaning}), got "
+            f"{', '.join(f's[{h}]={s:g}' for h, s in bad[:8])}{' ...' if len(bad) > 8 else ''}"
+        )
+    if len(_CHECKED_SLOPES) > 256:  # drop entries whose tensors are gone
+        for key in [k for k, (ref, _) in _CHECKED_SLOPES.items() if ref() is None]:
+            del _CHECKED_SLOPES[key]
+    try:
+        _CHECKED_SLOPES[id(decay)] = (weakref.ref(decay), decay._version)
+    except TypeError:  # a tensor type without weak references: simply check it every time
+        pass
 
 
 def validate(
@@ -110,14 +141,8 @@ def validate(
             raise ValueError(f"decay slopes must have shape [H]=[{H}], got {_shape(decay)}")
         if decay.device != q.device:
             raise ValueError(f"decay slopes must be on {q.device}, got {decay.device}")
-        if check_values and decay.numel():
-            ok = torch.isfinite(decay) & (decay >= 0)
-            if not bool(ok.all()):
-                bad = [(h, s) for h, s in enumerate(decay.tolist()) if not ok[h]]
-                raise ValueError(
-                    f"decay slopes must be finite and >= 0 (W[i,j] = exp(-s*(i-j))), got "
-                    f"{', '.join(f's[{h}]={s:g}' for h, s in bad[:8])}{' ...' if len(bad) > 8 else ''}"
-                )
+        if check_values:
+            check_slope_values(decay, "W[i,j] = exp(-s*(i-j))")
         causal = True
 
     # -- dense mask

@@ -95,3 +95,24 @@ def test_tnl_slopes_canonical():
     last = linattn.tnl_slopes(8, layer=1, n_layers=2)
     torch.testing.assert_close(last, torch.full((8,), 0.0) + expected / (1 + 1e-5) * 1e-5)
     assert linattn.tnl_slopes(12).shape == (12,)
+
+
+def test_slopes_checked_once_until_modified_in_place():
+    """The value check of the slopes (a device sync) runs once per tensor and version: a slopes
+    tensor modified in place, or a new tensor, is checked again."""
+    from linattn import _api
+
+    q = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    s = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    linattn.linear_attention(q, q, q, decay=s)
+    seen = _api._CHECKED_SLOPES[id(s)]
+    assert seen[0]() is s and seen[1] == s._version
+    s[1] = float("inf")  # in place: the version counter moves
+    with pytest.raises(ValueError, match=r"finite and >= 0.*s\[1\]=inf"):
+        linattn.linear_attention(q, q, q, decay=s)
+    p = torch.nn.Parameter(torch.tensor([0.1, 0.2], dtype=torch.float64))
+    linattn.linear_attention(q, q, q, decay=p)
+    with torch.no_grad():
+        p.sub_(1.0)  # an optimizer step
+    with pytest.raises(ValueError, match=r"s\[0\]=-0.9"):
+        linattn.linear_attention(q, q, q, decay=p)
