@@ -1048,3 +1048,29 @@ def test_float16_mask_gradient_overflow_warns(backend):
     with pytest.warns(Float16OverflowWarning, match="dmask"):
         (o.float() * 30).sum().backward()
     assert not torch.isfinite(mask.grad).all()
+
+
+def test_fuzz_cuda_family_uses_the_emulator_without_a_gpu():
+    """`python -m fuzz --family cuda` on a CPU: the emulator (LINATTN_CUDA_EMULATE=1, set by
+    fuzz/__main__.py before linattn is imported) makes backend cuda available on the CPU,
+    with the emulator's problem sizes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the family runs on it")
+    root = Path(__file__).resolve().parent.parent
+    code = ("import fuzz.__main__ as m; m._setup_triton(['cuda']); import os; "
+            "from fuzz.campaign import family_backends, _device_for, _emulated; "
+            "ok, missing = family_backends('cuda'); "
+            "print(os.environ['LINATTN_CUDA_EMULATE'], [b.name for b in ok], missing, "
+            "[_device_for('cuda', b) for b in ok], _emulated('cuda'))")
+    env = {k: v for k, v in os.environ.items() if k != "LINATTN_CUDA_EMULATE"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = out.stdout.strip().splitlines()[-1]
+    if "the emulator" in line:  # no g++ / CUDA headers here: the reason is given, not a crash
+        assert "['cuda']" not in line
+        return
+    assert line == "1 ['cuda'] [] ['cpu'] True", line
