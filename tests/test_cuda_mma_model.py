@@ -67,6 +67,20 @@ def test_exact_products_and_large_c_untouched():
     assert emulator.mma_block(0.0, a, a) == (1.0 + 2.0 ** -10) ** 2
 
 
+@needs_hw_model
+def test_zero_products_do_not_set_the_alignment():
+    """Pinned from the cuda fuzz campaign (seed 302): the model dropped zero products but then
+    read the kept products' exponents at the compacted index, i.e. from other pairs (a zero
+    gives exponent ~0), so tiny products were truncated to an O(1) grid. A causal tile or a
+    tf32 low part of 0 makes such zeros everywhere."""
+    tiny = 2.0 ** -30
+    a = [0.0, 1.5 * tiny, 0.0, 1.25 * tiny]
+    b = [1.0, tiny, 1.0, tiny]
+    exact = (1.5 + 1.25) * tiny * tiny  # exactly representable: the sum loses nothing
+    assert emulator.mma_block(0.0, a, b) == exact
+    assert emulator.mma_block(0.0, [1.0, 0.0, tiny], [0.0, 1.0, tiny]) == tiny * tiny
+
+
 def test_rn_mode_in_a_subprocess():
     """The idealised unit rounds the same vectors to nearest."""
     code = ("from linattn.backends.cuda import emulator as e\n"

@@ -98,10 +98,19 @@ inline float to_f32_rz(double x) {
 // cases are not modelled (the kernels' data stay far from them).
 inline float mma_block(float c, const float* a, const float* b, int k) {
   double prod[16];
+  int eprod[16];  // exponent of each kept product as the hardware sees it (see below)
   int n = 0;
   for (int i = 0; i < k; ++i) {
     const double p = (double)a[i] * (double)b[i];  // exact: <= 2 x 11 significant bits
-    if (p != 0.0) prod[n++] = p;
+    if (p == 0.0) continue;
+    // a[i], b[i] nonzero here; frexp gives m in [0.5, 1): exponent of the leading bit is e - 1.
+    // Taken here, beside the product: the zero products are dropped, so a compacted index
+    // no longer points at the product's own a and b.
+    int ea, eb;
+    std::frexp((double)a[i], &ea);
+    std::frexp((double)b[i], &eb);
+    eprod[n] = (ea - 1) + (eb - 1);
+    prod[n++] = p;
   }
   if (mma_mode() == 1) {
     double s = c;
@@ -115,11 +124,7 @@ inline float mma_block(float c, const float* a, const float* b, int k) {
   int emax_ab = INT32_MIN;
   double sig_at_max = 0.0;
   for (int i = 0; i < n; ++i) {
-    int ea, eb;
-    // a[i], b[i] nonzero here; frexp gives m in [0.5, 1): exponent of the leading bit is e - 1
-    std::frexp((double)a[i], &ea);
-    std::frexp((double)b[i], &eb);
-    const int e = (ea - 1) + (eb - 1);
+    const int e = eprod[i];
     const double sig = std::fabs(prod[i]) / std::ldexp(1.0, e);  // in [1, 4)
     if (e > emax_ab || (e == emax_ab && sig > sig_at_max)) {
       emax_ab = e;
