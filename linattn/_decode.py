@@ -23,6 +23,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from ._api import check_slope_values
 from .backends._common import compute_dtype
 
 __all__ = ["decode_step", "DecodeOutput", "torch_decode_step", "advance_state"]
@@ -184,14 +185,8 @@ def decode_step(
             raise ValueError(f"decay slopes must be on {q3.device}, got {decay.device}")
         # the same value check as linear_attention: NaN passes `< 0`, and +Inf would make
         # exp(-inf) = 0 drop the past silently. Skipped while tracing and on meta (no values).
-        if not torch.compiler.is_compiling() and decay.device.type != "meta" and decay.numel():
-            ok = torch.isfinite(decay) & (decay >= 0)
-            if not bool(ok.all()):
-                bad = [(h, s) for h, s in enumerate(decay.tolist()) if not ok[h]]
-                raise ValueError(
-                    f"decay slopes must be finite and >= 0 (lambda = exp(-s) per step), got "
-                    f"{', '.join(f's[{h}]={s:g}' for h, s in bad[:8])}{' ...' if len(bad) > 8 else ''}"
-                )
+        if not torch.compiler.is_compiling() and decay.device.type != "meta":
+            check_slope_values(decay, "lambda = exp(-s) per step")  # once per tensor and version
     if isinstance(scale, torch.Tensor) or not isinstance(scale, numbers.Real) or isinstance(scale, bool):
         raise TypeError(f"scale must be a real number, got {type(scale).__name__}")
     scale = float(scale)

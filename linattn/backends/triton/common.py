@@ -63,12 +63,13 @@ UPCAST_DOTS = INTERPRET
 _FP32_DOTS = ("ieee", "tf32x3", "tf32")
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """``input_precision`` for ``tl.dot``: full float32 products unless the caller opted in
-    to TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it.
+def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
+    """``input_precision`` for ``tl.dot``: for float32, ``fp32_default`` (each kernel family
+    names its own: ``ieee`` full float32 products, ``tf32x3`` three TF32 products per product,
+    close to float32 accuracy on tensor cores) unless the caller opted in to TF32
+    (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it.
 
-    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides the float32 choice
-    (tf32x3: three TF32 products per product, close to float32 accuracy on tensor cores).
+    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides the float32 choice.
     """
     if dtype != torch.float32:
         return "tf32"
@@ -77,7 +78,7 @@ def dot_precision(dtype: torch.dtype) -> str:
         if forced not in _FP32_DOTS:
             raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
         return forced
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else fp32_default
 
 
 def next_pow2_tile(n: int, minimum: int = 16) -> int:

@@ -77,25 +77,15 @@ FWD_FIXED_INTERPRET = (32, 16, 1, 1)
 H100_SMEM = 232448
 LOG2E = math.log2(math.e)
 
-_FP32_DOTS = ("ieee", "tf32x3", "tf32")
-
-
 def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` of these kernels' ``tl.dot`` for inputs of ``dtype``.
 
     float32: ``tf32x3`` (full float32 accuracy by measurement, see the module docstring);
     ``tf32`` when ``torch.backends.cuda.matmul.allow_tf32`` is True; the environment
-    variable ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides both.
-    16-bit inputs ignore it.
+    variable ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides both
+    (``common.dot_precision``). 16-bit inputs ignore it.
     """
-    if dtype != torch.float32:
-        return "tf32"
-    forced = os.environ.get("LINATTN_TRITON_FP32_DOT")
-    if forced:
-        if forced not in _FP32_DOTS:
-            raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
-        return forced
-    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "tf32x3"
+    return common.dot_precision(dtype, fp32_default="tf32x3")
 
 
 def autotune_enabled() -> bool:
