@@ -89,14 +89,17 @@ def _setup_context(ctx, inputs, output):
     ctx.causal, ctx.scale = causal, scale
 
 
-def _backward(ctx, do):
+def _gradients(ctx, do, bwd):
+    """The backward rule of both paths: which gradients are wanted, then
+    ``bwd(do, q, k, v, mask, slopes, causal, scale, need_dq, need_dk, need_dv, need_dmask,
+    need_dslopes)`` (the custom op, or the launchers directly)."""
     q, k, v, mask, slopes = ctx.saved_tensors
     need = ctx.needs_input_grad  # (q, k, v, mask, slopes, causal, scale)
     need_dmask = bool(need[3]) and mask is not None
     need_dslopes = bool(need[4]) and slopes is not None
     if not (need[0] or need[1] or need[2] or need_dmask or need_dslopes):
         return None, None, None, None, None, None, None
-    dq, dk, dv, dm, ds = _dense_bwd_op(
+    dq, dk, dv, dm, ds = bwd(
         do, q, k, v, mask, slopes, ctx.causal, ctx.scale,
         bool(need[0]), bool(need[1]), bool(need[2]), need_dmask, need_dslopes,
     )
@@ -109,6 +112,10 @@ def _backward(ctx, do):
         None,
         None,
     )
+
+
+def _backward(ctx, do):
+    return _gradients(ctx, do, _dense_bwd_op)
 
 
 _dense_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -124,6 +131,12 @@ _dense_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # subclasses keep the custom ops (``LINATTN_TRITON_DENSE_OP=custom_op`` forces them, to time
 # the two paths against each other).
 
+def _launch_backward(do, q, k, v, mask, slopes, causal, scale, need_dq, need_dk, need_dv, need_dmask,
+                     need_dslopes):
+    return dense_backward(do, q, k, v, mask, slopes, causal, scale, need_dq=need_dq,
+                          need_dkv=(need_dk, need_dv), need_dmask=need_dmask, need_dslopes=need_dslopes)
+
+
 class _DenseFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, mask, slopes, causal, scale):
@@ -135,18 +148,7 @@ class _DenseFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do):
-        q, k, v, mask, slopes = ctx.saved_tensors
-        need = ctx.needs_input_grad  # (q, k, v, mask, slopes, causal, scale)
-        need_dmask = bool(need[3]) and mask is not None
-        need_dslopes = bool(need[4]) and slopes is not None
-        if not (need[0] or need[1] or need[2] or need_dmask or need_dslopes):
-            return None, None, None, None, None, None, None
-        dq, dk, dv, dm, ds = dense_backward(
-            do, q, k, v, mask, slopes, ctx.causal, ctx.scale,
-            need_dq=bool(need[0]), need_dkv=(bool(need[1]), bool(need[2])),
-            need_dmask=need_dmask, need_dslopes=need_dslopes,
-        )
-        return dq, dk, dv, dm, ds, None, None
+        return _gradients(ctx, do, _launch_backward)
 
 
 def _eager_ok(*ts) -> bool:
