@@ -42,6 +42,26 @@
 
 namespace linattn {
 
+// s = A_w B_jᵀ in stretches of E::KS head-dim columns (s zero on entry): the first stretch
+// chains into s itself, each further one into a zeroed fragment that is then added to s with
+// float32 adds, so no mma chain runs longer than one stretch (see "Short chains" above).
+template <class E, class P>
+__device__ __forceinline__ void scores_in_stretches(float (&s)[E::NJ][4], const P* a0, const P* b0, int ld, int Kp) {
+  E::score_span(s, a0, b0, ld, 0, imin(Kp, E::KS));
+  for (int k1 = E::KS; k1 < Kp; k1 += E::KS) {
+    float part[E::NJ][4];
+#pragma unroll
+    for (int j = 0; j < E::NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+    E::score_span(part, a0, b0, ld, k1, imin(Kp, k1 + E::KS));
+#pragma unroll
+    for (int j = 0; j < E::NJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
+  }
+}
+
 struct Tf32x3Engine {
   using T = float;
   static constexpr int BNc = 32;       // contracted columns per tile
@@ -78,19 +98,7 @@ struct Tf32x3Engine {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const float* a0 = Aw + g * ld + t;        // rows g and g + 8, columns t and t + 4
     const float* b0 = Bs + g * ld + t;        // row 8j + g, columns t and t + 4
-    score_span(s, a0, b0, ld, 0, imin(Kp, KS));
-    for (int k1 = KS; k1 < Kp; k1 += KS) {
-      float part[NJ][4];
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
-      score_span(part, a0, b0, ld, k1, imin(Kp, k1 + KS));
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
-    }
+    scores_in_stretches<Tf32x3Engine>(s, a0, b0, ld, Kp);
   }
 
   // o[n] += P C: P = s (16 x BNc, accumulator layout), C = [BNc][LDC] at Cs, 64 channels.
@@ -164,19 +172,7 @@ struct HalfMmaEngine {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const T* a0 = Aw + g * ld + 2 * t;
     const T* b0 = Bs + g * ld + 2 * t;
-    score_span(s, a0, b0, ld, 0, imin(Kp, KS));
-    for (int k1 = KS; k1 < Kp; k1 += KS) {
-      float part[NJ][4];
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
-      score_span(part, a0, b0, ld, k1, imin(Kp, k1 + KS));
-#pragma unroll
-      for (int j = 0; j < NJ; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
-    }
+    scores_in_stretches<HalfMmaEngine>(s, a0, b0, ld, Kp);
   }
 
   // o += P C for the tile: per group of 4 channel fragments one chain of 4 mma into a zeroed
