@@ -94,6 +94,10 @@ VARIANTS = {
     # D = 128), so more programs fit on an SM when splits give enough of them
     "split1024-s1": dict(split=1024, bwd_split=1024, fwd_stages=1, bwd_stages=1),
     "split512-s1": dict(split=512, bwd_split=512, fwd_stages=1, bwd_stages=1),
+    # all E channels in one program: q and k read once per head instead of once per slice
+    "fused-bv128-w8": dict(split=-1, bwd_split=-1, fwd_bv=128, fwd_warps=8),
+    "split2048-bv128-w8": dict(split=2048, bwd_split=2048, fwd_bv=128, fwd_warps=8),
+    "split1024-bv128-w8": dict(split=1024, bwd_split=1024, fwd_bv=128, fwd_warps=8),
 }
 if DRY:
     SHAPES = [(f"dry-{n}", 1, 2, 40, 16) for n, *_ in SHAPES]
