@@ -184,9 +184,10 @@ def main():
 
 if __name__ == "__main__":
     try:
-        sys.exit(main())
-    except BaseException as e:  # noqa: BLE001
+        rc = main()
+    except Exception as e:  # noqa: BLE001 - never die without the JSON
         traceback.print_exc()
         RES["errors"].append({"item": "main", "error": str(e)[:300]})
         save()
-        sys.exit(2)
+        rc = 2
+    sys.exit(rc)
