@@ -29,9 +29,11 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = ("binding.cpp", "kernels_f32.cu", "kernels_f16.cu", "kernels_bf16.cu")
 
 _lock = threading.Lock()
-_modules: dict = {}
+_modules: dict = {}  # extension name -> module
+_loaded: dict = {}  # device index -> module (the fast path of load)
 _build_error: Optional[str] = None
 _nvcc: Optional[str] = "unset"
+_ninja: Optional[bool] = None
 
 
 def nvcc_path() -> Optional[str]:
@@ -51,17 +53,29 @@ def nvcc_path() -> Optional[str]:
     return _nvcc
 
 
+def _ninja_found() -> bool:
+    """Whether ninja runs; asked once per process. (torch's ``is_ninja_available`` starts a
+    ``ninja --version`` subprocess, 2-4 ms: asked on every call, as before, it cost each
+    forward two of them, which the GPU timing of run 6 counted as kernel time.)"""
+    global _ninja
+    if _ninja is None:
+        from torch.utils.cpp_extension import is_ninja_available
+
+        _ninja = bool(is_ninja_available())
+    return _ninja
+
+
 def unavailable() -> Optional[str]:
     """None when the extension can be built and run here; otherwise the reason."""
+    if _loaded:  # built and loaded in this process: nothing left to ask
+        return None
     if torch.version.cuda is None:
         return "torch built without CUDA (torch.version.cuda is None)"
     if not torch.cuda.is_available():
         return "no CUDA device"
     if nvcc_path() is None:
         return "nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
-    from torch.utils.cpp_extension import is_ninja_available
-
-    if not is_ninja_available():
+    if not _ninja_found():
         return "ninja not found (pip install ninja)"
     if _build_error is not None:
         return f"the extension failed to build: {_build_error}"
@@ -94,14 +108,21 @@ def load(device: Optional[torch.device] = None, *, verbose: Optional[bool] = Non
     global _build_error
     from ..._registry import BackendUnavailable
 
+    if _loaded:  # the per-call path: no environment checks, no capability query
+        idx = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+        module = _loaded.get(idx)
+        if module is not None:
+            return module
     why = unavailable()
     if why is not None:
         raise BackendUnavailable(f"linattn cuda backend: {why}")
-    device = torch.device("cuda", torch.cuda.current_device()) if device is None else device
+    if device is None or device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     cc, gencode = arch_flag(device)
     name = f"linattn_cuda_sm{cc}"
     with _lock:
         if name in _modules:
+            _loaded[device.index] = _modules[name]
             return _modules[name]
         from torch.utils.cpp_extension import load as cpp_load
 
@@ -125,4 +146,5 @@ def load(device: Optional[torch.device] = None, *, verbose: Optional[bool] = Non
                 "set LINATTN_CUDA_VERBOSE=1 to see the compiler output"
             ) from e
         _modules[name] = module
+        _loaded[device.index] = module
         return module
