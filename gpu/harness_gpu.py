@@ -1,85 +1,208 @@
-"""The property suites on a CUDA device, for the kernel backends (triton, triton_dense, cuda).
+"""The property suites on a CUDA device for the kernel backends (triton, triton_dense, cuda):
+every (backend, property, dtype) cell, in parallel worker processes, within one time budget.
 
-    python3 gpu/harness_gpu.py            # ~90 s; details in $OUT/harness_gpu.json if OUT is set
+    python3 gpu/harness_gpu.py        # or bash gpu/harness_gpu.sh; results in $OUT/harness_gpu.json
 
-Problems are drawn like linattn.testing.problems does (sizes at block edges and primes,
-N up to 4096, every dtype, every mask kind and broadcast shape, GQA/MQA, state, varlen,
-gradients), but from a seeded ``random.Random`` so that the script needs no Hypothesis
-(the GPU machine may not have it); each problem is a ``linattn.testing.Problem`` whose
-repr reproduces it exactly. Every (backend, property) pair gets a slice of the time
-budget; the float64 oracle runs on the GPU. Each failure is caught and reported with
-its reproduction; the summary table is printed last.
+Why workers: Triton compiles a kernel per new set of constexprs (seconds each, CPU-bound),
+so one process ran 6 of 11 properties of triton_dense in run 7. Here the cells are split
+over ``HARNESS_WORKERS`` processes (default: cores - 1, at most 15), grouped by (backend,
+dtype) so that a worker's cells share kernel specialisations; all share Triton's disk
+cache. The cuda extension is built once by a separate process while the Triton workers
+start; the cuda workers start when it is done. Correctness needs no idle GPU.
+
+Each worker first covers each of its cells with one problem of a fixed shape per worker
+(so kernels compiled for one cell serve the next), then one problem at N near 4096 per
+cell, then random problems (block edges and primes for N, odd head dims, every mask kind
+and broadcast shape, GQA/MQA, state, varlen, gradients) always giving the next problem to
+the cell that has used the least time. A cell stops at its first failure. A ``triton``
+long-N worker runs one problem at N >= 16384 per chunk property (the float64 oracle is
+then the O(N) ``chunked`` backend, verified against the reference in tests/).
+
+Problems are ``linattn.testing.Problem`` objects drawn from a seeded ``random.Random``
+(no Hypothesis needed); every record carries the Problem repr, which reproduces it.
+
+Never hangs: the parent kills a worker whose problem runs past ``HARNESS_PROBLEM_CAP_S``
+(recorded as a timeout with its Problem) or that outlives the budget, and starts a
+replacement for that worker's other cells while time remains; a worker whose CUDA
+context broke exits and is replaced the same way. Workers append one JSON line per event
+to ``$OUT/harness_parts/w*.jsonl``; the parent rewrites ``$OUT/harness_gpu.json`` every
+few seconds, so a run cut off keeps what it has. SIGTERM (the stage's timeout) makes the
+parent write the table and exit.
+
+Environment (defaults in brackets):
+  HARNESS_BUDGET_S [140]       wall seconds for the whole script, startup to table
+  HARNESS_WORKERS [cores-1]    worker processes at a time (cuda build not counted)
+  HARNESS_BACKENDS [triton,triton_dense,cuda]
+  HARNESS_LONG_N [1]           run the triton N >= 16384 problems
+  HARNESS_PROBLEM_CAP_S [70]   one problem longer than this is killed (timeout)
+  HARNESS_DEVICE [cuda]        "cpu": a logic test (TRITON_INTERPRET=1, LINATTN_CUDA_EMULATE=1)
+  LINATTN_TRITON_AUTOTUNE [0], LINATTN_CUDA_FP32 [1]  set here unless given
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
 import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+os.environ.setdefault("LINATTN_TRITON_AUTOTUNE", "0")  # fixed tile configs: no benchmarking
+os.environ.setdefault("LINATTN_CUDA_FP32", "1")  # float32 cells for cuda (opt-in on a GPU)
 
-import torch  # noqa: E402
-
-BUDGET_S = float(os.environ.get("HARNESS_BUDGET_S", "85"))
-DEVICE = os.environ.get("HARNESS_DEVICE", "cuda")  # "cpu" for a smoke test of the script itself
+T_IMPORT = time.time()
+BUDGET_S = float(os.environ.get("HARNESS_BUDGET_S", "140"))
+DEVICE = os.environ.get("HARNESS_DEVICE", "cuda")
+CPU = DEVICE != "cuda"
 BACKENDS = [b for b in os.environ.get("HARNESS_BACKENDS", "triton,triton_dense,cuda").split(",") if b]
-PROPS = ["forward", "backward", "causality", "state_split", "gqa", "broadcast_mask", "varlen",
-         "batch_invariance", "linearity_v", "linearity_mask", "recurrent_steps"]
+LONG_N = os.environ.get("HARNESS_LONG_N", "1") == "1"
+PROBLEM_CAP_S = float(os.environ.get("HARNESS_PROBLEM_CAP_S", "70"))
+OUT_DIR = os.environ.get("OUT") or "/tmp/harness_gpu_out"
+
+# properties in an order that keeps kernel-sharing ones together (a worker takes a contiguous run)
+PROPS = ["forward", "backward", "linearity_v", "batch_invariance", "gqa", "broadcast_mask", "linearity_mask",
+         "causality", "state_split", "varlen", "recurrent_steps", "gradcheck"]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 KINDS = ["none", "dense", "causal", "decay", "dense+causal", "dense+decay"]
+CHUNK_KINDS = ["none", "causal", "decay"]  # what backend "triton" serves with its chunk kernels
+DENSE_ONLY = {"broadcast_mask", "linearity_mask"}  # need a dense mask: triton routes them to triton_dense
+MAX_N = 64 if CPU else 4096
+BIG_NS = [61, 63, 64] if CPU else [4093, 4095, 4096]  # phase 1: N at the top of the range
 EDGES = sorted({1, 2, 3, 5, 7, 13, 31, 61, 67, 97, 127, 131, 251, 257, 509, 521, 1021, 1031, 2039, 2053, 4093}
                | {c + d for c in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) for d in (-1, 0, 1)})
 HEAD_DIMS = [1, 3, 16, 17, 32, 48, 60, 63, 64, 65, 96, 128, 256]
-MAX_WORK = (1 << 31) if DEVICE == "cuda" else (1 << 21)  # B·H·N·M·(D+E) for the float64 oracle
+MAX_WORK = (1 << 21) if CPU else (1 << 32)  # B·H·N·M·(D+E): the float64 oracle's products
+MAX_NM = (1 << 16) if CPU else (1 << 26)  # B·H·N·M: one float64 N×M tensor (0.5 GiB), workers share the GPU
+NARROW = {
+    "forward": dict(grads=False),
+    "backward": dict(grads=True),
+    "causality": dict(kinds=["causal", "decay", "dense+causal", "dense+decay"], min_n=2),
+    "state_split": dict(kinds=["causal", "decay"], state=True, varlen=False),
+    "recurrent_steps": dict(kinds=["causal", "decay"], state=True, varlen=False, max_n=40, grads=False),
+    "gqa": dict(gqa=True),
+    "broadcast_mask": dict(kinds=["dense", "dense+causal", "dense+decay"], broadcast=True),
+    "varlen": dict(kinds=["causal", "decay"], varlen=True),
+    "batch_invariance": dict(min_b=2, varlen=False),
+    "linearity_v": dict(no_s0=True),
+    "linearity_mask": dict(kinds=["dense", "dense+causal", "dense+decay"]),
+    "gradcheck": dict(grads=True, max_n=8, max_d=3, max_b=2, max_h=2),
+}
+# relative cost of a cell, for sharing out the workers (cuda compiles nothing once built)
+COST = {"triton": 1.0, "triton_dense": 1.0, "cuda": 0.3, "long": 2.0}
 
 
-def draw_problem(rng: random.Random, prop: str, backend, i: int = 0):
-    """The i-th problem of a (backend, property) slot; dtypes taken in turn, so every dtype is covered."""
-    from linattn.testing import Problem
+# ----------------------------------------------------------------------------------- drawing problems
+def caps_of(backend) -> dict:
+    """What the drawing needs to know of a backend, as plain data (the parent passes it on)."""
+    import torch
 
     kinds = [k for k in KINDS if k in backend.mask_kinds]
-    dtypes = [d for d in DTYPES if getattr(torch, d) in backend.dtypes]
-    narrow = {
-        "causality": dict(kinds=["causal", "decay", "dense+causal", "dense+decay"]),
-        "state_split": dict(kinds=["causal", "decay"], state=True, varlen=False),
-        "recurrent_steps": dict(kinds=["causal", "decay"], state=True, varlen=False, max_n=40, grads=False),
-        "gqa": dict(gqa=True),
-        "broadcast_mask": dict(kinds=["dense", "dense+causal", "dense+decay"], broadcast=True),
-        "varlen": dict(kinds=["causal", "decay"], varlen=True),
-        "batch_invariance": dict(min_b=2, varlen=False),
-        "linearity_v": dict(no_s0=True),
-        "linearity_mask": dict(kinds=["dense", "dense+causal", "dense+decay"]),
-        "forward": dict(grads=False),
-        "backward": dict(grads=True),
-    }.get(prop, {})
-    kinds = [k for k in kinds if k in narrow.get("kinds", kinds)]
-    if not kinds or not dtypes:
-        return None
-    kind = rng.choice(kinds)
-    dense, causal, decay = kind.startswith("dense"), kind != "none" and kind != "dense", kind.endswith("decay")
-    max_n = narrow.get("max_n", 4096 if DEVICE == "cuda" else 64)
-    N = rng.choice([n for n in EDGES if n <= max_n] + [rng.randint(1, max_n)])
-    M = N if causal else rng.choice([N, rng.choice([n for n in EDGES if n <= max_n])])
-    cap = backend.max_head_dim or 256
-    D = rng.choice([d for d in HEAD_DIMS if d <= cap])
-    E = D if rng.random() < 0.5 else rng.choice([d for d in HEAD_DIMS if d <= cap])
-    H = rng.choice([1, 2, 4, 6, 8])
-    if narrow.get("gqa") and H == 1:
-        H = 4
-    ratios = [H] + ([1] if H > 1 else []) + [d for d in range(2, H) if H % d == 0]
-    Hkv = ratios[-1] if narrow.get("gqa") and len(ratios) > 1 else rng.choice(ratios) if backend.gqa else H
-    if narrow.get("gqa") and Hkv == H:
-        Hkv = 1
-    want_varlen = narrow.get("varlen")
-    varlen = causal and not dense and (want_varlen if want_varlen is not None else rng.random() < 0.2)
-    B = 1 if varlen else rng.randint(narrow.get("min_b", 1), 3)
-    while B * H * N * M * (D + E) > MAX_WORK and N > 1:
+    if backend.name == "triton":
+        kinds = [k for k in kinds if k in CHUNK_KINDS]
+    return dict(name=backend.name, kinds=kinds, gqa=bool(backend.gqa), state=bool(backend.state),
+                mask_grad=bool(backend.mask_grad), slopes_grad=bool(backend.slopes_grad),
+                n_ne_m=bool(backend.n_ne_m) and backend.name != "triton",
+                max_head_dim=backend.max_head_dim or 256,
+                dtypes=[d for d in DTYPES if getattr(torch, d) in backend.dtypes])
+
+
+def _allowed_grads(caps, kind, s0):
+    dense, decay = kind.startswith("dense"), kind.endswith("decay")
+    return ["q", "k", "v"] + (["mask"] if dense and caps["mask_grad"] else []) + \
+        (["slopes"] if decay and caps["slopes_grad"] else []) + (["initial_state"] if s0 else [])
+
+
+def _shrink(B, H, N, M, D, E, causal):
+    while (B * H * N * M * (D + E) > MAX_WORK or B * H * N * M > MAX_NM) and N > 1:
         N = max(1, N // 2)
         M = N if causal else max(1, M // 2)
+    return N, M
+
+
+def draw_problem(rng: random.Random, prop: str, caps: dict, dtype: str, phase: int):
+    """A Problem for cell (backend, prop, dtype), or None when the cell admits none.
+
+    phase 0: a fixed shape per worker (B2-H2/2-N77-D48-E64, kernels shared between cells);
+    phase 1: N at the top of the range (4093..4096 on a GPU); later: random."""
+    from linattn.testing import Problem
+
+    narrow = NARROW.get(prop, {})
+    kinds = [k for k in caps["kinds"] if k in narrow.get("kinds", caps["kinds"])]
+    if not kinds or dtype not in caps["dtypes"]:
+        return None
+    if prop == "gradcheck":
+        if dtype != "float64":
+            return None
+        kind = rng.choice(kinds)
+        causal = kind not in ("none", "dense")
+        N = rng.randint(1, 8)
+        M = N if causal or not caps["n_ne_m"] else rng.randint(1, 8)
+        H = rng.choice([1, 2])
+        s0 = causal and not kind.startswith("dense") and caps["state"] and rng.random() < 0.5
+        return Problem(B=rng.randint(1, 2), H=H, Hkv=rng.choice([1, H]) if caps["gqa"] else H, N=N, M=M,
+                       D=rng.randint(1, 3), E=rng.randint(1, 3), dtype=dtype, device=DEVICE, mask_kind=kind,
+                       mask_shape=rng.choice(["BHNM", "1HNM", "NM"]), slopes=rng.choice(["tnl", "tiny", "moderate", "large"]),
+                       initial_state=s0, final_state=bool(s0) or (causal and not kind.startswith("dense")
+                                                                  and caps["state"] and rng.random() < 0.5),
+                       grads=tuple(_allowed_grads(caps, kind, s0)), seed=rng.randint(0, 2 ** 31 - 1))
+    max_n = min(MAX_N, narrow.get("max_n", MAX_N))
+    cap = caps["max_head_dim"]
+    if phase == 0:
+        kind = next(k for k in ["dense+decay", "decay", "dense+causal", "causal", "dense", "none"] if k in kinds)
+        dense, causal, decay = kind.startswith("dense"), kind not in ("none", "dense"), kind.endswith("decay")
+        N = next(n for n in (77, 45, 37, 13, 5) if n <= max_n)
+        H, Hkv = 2, 2
+        if narrow.get("gqa"):
+            if not caps["gqa"]:
+                return None
+            Hkv = 1
+        D, E = (48, 64) if not CPU else (5, 7)
+        D, E = min(D, cap), min(E, cap)
+        varlen = bool(narrow.get("varlen")) and causal and not dense
+        B = 1 if varlen else 2
+        cu = (0, N * 3 // 10, N * 3 // 10, N * 7 // 10, N) if varlen else None
+        s0 = sN = False
+        if causal and not dense and caps["state"]:
+            s0 = not narrow.get("no_s0", False)
+            sN = True
+        grads = () if narrow.get("grads") is False else tuple(_allowed_grads(caps, kind, s0))
+        return Problem(B=B, H=H, Hkv=Hkv, N=N, M=N, D=D, E=E, dtype=dtype, device=DEVICE, mask_kind=kind,
+                       mask_shape="HNM" if narrow.get("broadcast") else "BHNM", mask_values="real",
+                       slopes="tnl", scale=0.5, initial_state=s0, final_state=sN, grads=grads, cu_seqlens=cu,
+                       seed=rng.randint(0, 2 ** 31 - 1))
+    kind = rng.choice(kinds)
+    dense, causal, decay = kind.startswith("dense"), kind not in ("none", "dense"), kind.endswith("decay")
+    big = phase == 1
+    if big:
+        N = rng.choice([n for n in BIG_NS if n <= max_n] or [max_n])
+    else:
+        N = rng.choice([n for n in EDGES if n <= max_n] + [rng.randint(1, max_n)])
+    N = max(N, narrow.get("min_n", 1))
+    M = N if (causal or not caps["n_ne_m"]) else rng.choice([N, rng.choice([n for n in EDGES if n <= max_n])])
+    dims = [d for d in HEAD_DIMS if d <= cap] if not CPU else [1, 3, 5, 8, 16, 17]
+    D = rng.choice(dims)
+    E = D if rng.random() < 0.5 else rng.choice(dims)
+    H = rng.choice([1, 2] if big else [1, 2, 4, 6, 8])
+    if narrow.get("gqa"):
+        if not caps["gqa"]:
+            return None
+        H = max(H, 2) if big else (H if H > 1 else 4)
+    ratios = [H] + ([1] if H > 1 else []) + [d for d in range(2, H) if H % d == 0]
+    if narrow.get("gqa"):
+        Hkv = rng.choice(ratios[1:])
+    else:
+        Hkv = rng.choice(ratios) if caps["gqa"] else H
+    want_varlen = narrow.get("varlen")
+    varlen = causal and not dense and (want_varlen if want_varlen is not None else rng.random() < 0.2)
+    B = 1 if (varlen or big) else rng.randint(narrow.get("min_b", 1), 3)
+    B = max(B, narrow.get("min_b", 1))
+    N, M = _shrink(B, H, N, M, D, E, causal)
+    if N < narrow.get("min_n", 1):
+        return None
     cu = None
     if varlen:
         cuts = sorted(rng.randint(0, N) for _ in range(rng.randint(0, 4)))
@@ -87,117 +210,657 @@ def draw_problem(rng: random.Random, prop: str, backend, i: int = 0):
     shapes = ["1HNM", "B1NM", "11NM", "NM", "HNM"] if narrow.get("broadcast") else \
         ["BHNM", "1HNM", "B1NM", "11NM", "NM", "HNM"]
     s0 = sN = False
-    if causal and not dense and backend.state:
+    if causal and not dense and caps["state"]:
         s0 = narrow.get("state", rng.random() < 0.5) and not narrow.get("no_s0")
         sN = narrow.get("state", False) or rng.random() < 0.5
     want_grads = narrow.get("grads", rng.random() < 0.5)
     grads = ()
     if want_grads:
-        allowed = ["q", "k", "v"] + (["mask"] if dense and backend.mask_grad else []) + \
-                  (["slopes"] if decay and backend.slopes_grad else []) + (["initial_state"] if s0 else [])
+        allowed = _allowed_grads(caps, kind, s0)
         grads = tuple(allowed) if rng.random() < 0.5 else tuple(rng.sample(allowed, rng.randint(1, len(allowed))))
-    return Problem(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, E=E, dtype=dtypes[i % len(dtypes)], device=DEVICE,
+    return Problem(B=B, H=H, Hkv=Hkv, N=N, M=M, D=D, E=E, dtype=dtype, device=DEVICE,
                    mask_kind=kind, mask_shape=rng.choice(shapes), mask_values=rng.choice(["real", "binary"]),
                    slopes=rng.choice(["tnl", "zero", "tiny", "moderate", "large", "mixed"]),
                    scale=rng.choice([1.0, 0.5, 2.0, 0.125]), initial_state=bool(s0), final_state=bool(sN),
                    grads=grads, cu_seqlens=cu, seed=rng.randint(0, 2 ** 31 - 1))
 
 
-def _device_name() -> str:
-    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
+def long_n_problems():
+    """(property, Problem) for backend triton at N >= 16384, most important first; on the
+    CPU (a logic test) the same settings at N ~ 100."""
+    from linattn.testing import Problem
+
+    def n(x):
+        return x if not CPU else 96 + x % 7
+
+    def cu(b):
+        return b if not CPU else (0, 30, 30, 80, n(b[-1]))
+
+    g, dh = ("q", "k", "v"), (128 if not CPU else 8)
+    P = lambda **kw: Problem(device=DEVICE, **kw)  # noqa: E731
+    first = [
+        ("backward", P(B=1, H=2, Hkv=1, N=n(16385), M=n(16385), D=dh, E=dh, dtype="bfloat16", mask_kind="decay",
+                       slopes="tnl", initial_state=True, final_state=True, grads=g + ("initial_state",), seed=31)),
+        ("forward", P(B=1, H=2, Hkv=2, N=n(16384), M=n(16384), D=64, E=48, dtype="float16", mask_kind="causal",
+                      final_state=True, seed=32)),
+        ("state_split", P(B=1, H=2, Hkv=2, N=n(16389), M=n(16389), D=64, E=64, dtype="bfloat16", mask_kind="decay",
+                          slopes="mixed", initial_state=True, final_state=True, grads=g + ("initial_state",), seed=33)),
+        ("varlen", P(B=1, H=2, Hkv=1, N=n(16385), M=n(16385), D=64, E=64, dtype="float16", mask_kind="decay",
+                     slopes="tnl", initial_state=True, final_state=True,
+                     cu_seqlens=cu((0, 5000, 5000, 16000, 16385)), grads=g + ("initial_state",), seed=34)),
+        ("causality", P(B=1, H=2, Hkv=2, N=n(16387), M=n(16387), D=64, E=64, dtype="bfloat16", mask_kind="decay",
+                        slopes="moderate", grads=g, seed=35)),
+        ("gqa", P(B=1, H=4, Hkv=1, N=n(16384), M=n(16384), D=64, E=64, dtype="float16", mask_kind="causal",
+                  grads=g, seed=36)),
+        ("batch_invariance", P(B=2, H=1, Hkv=1, N=n(16383), M=n(16383), D=64, E=32, dtype="bfloat16",
+                               mask_kind="none", grads=g, seed=37)),
+        ("linearity_v", P(B=1, H=2, Hkv=2, N=n(16384), M=n(16384), D=32, E=64, dtype="float16", mask_kind="decay",
+                          slopes="tiny", final_state=True, grads=g, seed=38)),
+    ]
+    extra = [  # if time is left: the other dtypes, N = 32768
+        ("backward", P(B=1, H=2, Hkv=2, N=n(16385), M=n(16385), D=64, E=64, dtype="float32", mask_kind="causal",
+                       final_state=True, grads=g, seed=41)),
+        ("backward", P(B=1, H=2, Hkv=1, N=n(32768), M=n(32768), D=dh, E=dh, dtype="bfloat16", mask_kind="decay",
+                       slopes="tnl", initial_state=True, final_state=True, grads=g + ("initial_state",), seed=42)),
+        ("forward", P(B=1, H=2, Hkv=1, N=n(16384), M=n(16384), D=64, E=64, dtype="float64", mask_kind="decay",
+                      slopes="mixed", initial_state=True, final_state=True, seed=43)),
+        ("state_split", P(B=1, H=2, Hkv=2, N=n(16400), M=n(16400), D=32, E=32, dtype="float32", mask_kind="decay",
+                          slopes="moderate", initial_state=True, final_state=True, grads=g, seed=44)),
+    ]
+    if CPU:  # the interpreter: small heads
+        import dataclasses
+
+        first, extra = ([(a, dataclasses.replace(p, D=min(p.D, 8), E=min(p.E, 6))) for a, p in x] for x in (first, extra))
+    return first + extra
 
 
-def _dump(out_dir, rows, details, elapsed):
-    if not out_dir:
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    name = os.environ.get("HARNESS_JSON", "harness_gpu.json")
-    with open(os.path.join(out_dir, name + ".part"), "w") as f:
-        json.dump(dict(device=_device_name(), torch=torch.__version__, seconds=elapsed, backends=BACKENDS,
-                       rows=rows, details=details), f, indent=1, default=str)
-    os.replace(os.path.join(out_dir, name + ".part"), os.path.join(out_dir, name))
+# ----------------------------------------------------------------------------------- worker
+class _Log:
+    def __init__(self, path):
+        self.f = open(path, "a", buffering=1)
+
+    def __call__(self, **rec):
+        rec["t"] = round(time.time(), 3)
+        self.f.write(json.dumps(rec, default=str) + "\n")
+        self.f.flush()
 
 
-def main() -> int:
-    out_dir = os.environ.get("OUT")
-    rows, details = [], []
-    if DEVICE == "cuda" and not torch.cuda.is_available():
-        print("harness_gpu: no CUDA device; nothing to do")
-        return 0
+def _fatal_cuda(e: BaseException) -> bool:
+    s = str(e)
+    return any(x in s for x in ("illegal memory access", "device-side assert", "unspecified launch failure",
+                                "CUDA error: an illegal", "misaligned address", "CUDA_ERROR_"))
+
+
+def _compact(res, p):
+    ms = sorted(res.measurements, key=lambda m: -m.fraction)[:4]
+    return [dict(q=m.quantity, err=m.error, band=m.band, frac=m.fraction) for m in ms]
+
+
+def worker_main(spec_path: str) -> int:
+    try:  # die with the parent
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)
+    except Exception:
+        pass
+    spec = json.load(open(spec_path))
+    log = _Log(spec["log"])
+    deadline = spec["deadline"]
+    log(ev="hello", pid=os.getpid(), import_s=round(time.time() - T_IMPORT, 2))
     try:
-        import linattn
+        import torch
+
+        import linattn  # noqa: F401
         from linattn.testing import PROPERTIES, as_target, poisoned
         from linattn.testing.problem import Skip
+        if spec.get("long"):
+            import functools
+
+            from linattn.testing import reference
+            reference.oracle_fn = functools.partial(linattn.linear_attention, backend="chunked")
+        if not CPU:
+            torch.zeros(1, device="cuda")  # the context, before the clock of the first cell
     except Exception:
-        print("harness_gpu: cannot import linattn.testing:\n" + traceback.format_exc())
-        return 1
-    targets = []
-    for name in BACKENDS:
+        log(ev="import_error", error=traceback.format_exc())
+        return 2
+    log(ev="ready", ready_s=round(time.time() - T_IMPORT, 2))
+    targets = {}
+    caps = spec["caps"]
+    cells = [tuple(c) for c in spec["cells"]]  # (backend, prop, dtype)
+    st = {c: dict(n=0, skip=0, used=0.0, last=0.0, done=False, why="") for c in cells}
+    rng = {c: random.Random(f"{spec['seed']}/{'/'.join(c)}") for c in cells}
+
+    def run_one(c, p):
+        b, prop, dtype = c
+        if b not in targets:
+            targets[b] = as_target(b)
+        s = st[c]
+        t0 = time.time()
+        log(ev="start", cell=c, problem=repr(p), describe=p.describe())
         try:
-            b = linattn.get_backend(name)
-        except ValueError as e:
-            rows.append((name, "-", "absent", 0, 0, None, str(e)[:60]))
-            continue
-        why = b.available()
-        if why is not None or DEVICE not in b.devices:
-            rows.append((name, "-", "unavailable", 0, 0, None, (why or f"not on {DEVICE}")[:60]))
-            continue
-        targets.append(as_target(name))
-    t_start = time.perf_counter()
-    weight = {"forward": 3.0, "backward": 3.0}  # agreement with float64 gets the most time
-    total_w = max(1.0, len(targets) * sum(weight.get(p, 1.0) for p in PROPS))
-    for i_t, t in enumerate(targets):
-        # each backend owns an equal share of the budget (run 6: triton_dense's first compiles
-        # overran their slots and left nothing for cuda); within it, the slots as before
-        t_end = t_start + BUDGET_S * (i_t + 1) / len(targets)
-        for prop in PROPS:
-            slot = BUDGET_S * weight.get(prop, 1.0) / total_w
-            rng = random.Random(f"{t.name}/{prop}")
-            t0 = time.perf_counter()
-            n_run = n_skip = 0
-            worst, worst_desc, status, msg = None, "", "pass", ""
-            while time.perf_counter() - t0 < slot and time.perf_counter() < t_end:
-                p = draw_problem(rng, prop, t.backend, n_run + n_skip)
-                if p is None:
-                    break
+            with poisoned():
+                res = PROPERTIES[prop](targets[b], p)
+        except Skip as e:
+            s["skip"] += 1
+            s["used"] += time.time() - t0
+            s["why"] = str(e)[:200]
+            log(ev="skip", cell=c, describe=p.describe(), why=str(e)[:200], s=round(time.time() - t0, 2))
+            return "skip"
+        except Exception as e:
+            dt = time.time() - t0
+            s["used"] += dt
+            s["n"] += 1
+            oom = isinstance(e, torch.cuda.OutOfMemoryError) if hasattr(torch.cuda, "OutOfMemoryError") else False
+            log(ev="oom" if oom else "error", cell=c, problem=repr(p), describe=p.describe(), s=round(dt, 2),
+                error=f"{type(e).__name__}: {str(e)[:1500]}", tb=traceback.format_exc()[-4000:])
+            if not oom:
+                s["done"] = True  # a cell stops at its first failure
+            if not CPU:
                 try:
-                    with poisoned():
-                        res = PROPERTIES[prop](t, p)
-                except Skip:
-                    n_skip += 1
-                    if n_skip > 50 and n_run == 0:
-                        break
-                    continue
-                except Exception as e:  # a crash is a failure, reported with the problem
-                    n_run += 1
-                    status, msg = "FAIL", f"{type(e).__name__}: {str(e)[:300]}"
-                    details.append(dict(backend=t.name, property=prop, problem=repr(p), error=traceback.format_exc()))
+                    torch.cuda.synchronize()
                     torch.cuda.empty_cache()
+                except Exception:
+                    pass
+            if _fatal_cuda(e):
+                log(ev="cuda_broken", cell=c)
+                sys.exit(4)
+            return "error"
+        dt = time.time() - t0
+        s["used"] += dt
+        s["last"] = dt
+        s["n"] += 1
+        w = res.worst
+        rec = dict(ev="result", cell=c, problem=repr(p), describe=p.describe(), ok=res.ok, s=round(dt, 2),
+                   N=p.N, worst=res.worst_fraction, worst_q=w.quantity if w else None, top=_compact(res, p))
+        if not res.ok:
+            rec["message"] = res.message()[:6000]
+            s["done"] = True
+        log(**rec)
+        if not CPU and p.B * p.H * p.N * p.M > (1 << 22):
+            torch.cuda.empty_cache()
+        return "ok" if res.ok else "fail"
+
+    def draw(c, phase):
+        b, prop, dtype = c
+        for tries in range(40):
+            try:
+                p = draw_problem(rng[c], prop, caps[b], dtype, phase if tries < 3 else 2)
+            except Exception:
+                log(ev="draw_error", cell=c, error=traceback.format_exc()[-2000:])
+                return None
+            if p is None:
+                return None
+            why = targets[b].unsupported(p) if b in targets else None
+            if why is None:
+                return p
+            st[c]["skip"] += 1
+            st[c]["why"] = why[:200]
+        return None
+
+    for b in {c[0] for c in cells}:
+        try:
+            targets[b] = as_target(b)
+        except Exception as e:
+            for c in cells:
+                if c[0] == b:
+                    st[c]["done"], st[c]["why"] = True, f"{type(e).__name__}: {e}"[:200]
+
+    if spec.get("long"):
+        for prop, p in long_n_problems():
+            if time.time() > deadline - 2:
+                break
+            c = ("triton", prop, p.dtype)
+            st.setdefault(c, dict(n=0, skip=0, used=0.0, last=0.0, done=False, why=""))
+            run_one(c, p)
+        log(ev="bye")
+        return 0
+
+    # phase 0 then 1: every cell once, in order; then the cell with the least time used
+    for phase in (0, 1):
+        for c in cells:
+            if st[c]["done"] or time.time() > deadline - 1:
+                continue
+            for _ in range(5):  # a skip (undeclared limit) gets another draw
+                p = draw(c, phase)
+                if p is None:
+                    st[c]["done"] = True
                     break
-                n_run += 1
-                if worst is None or res.worst_fraction > worst:
-                    worst, worst_desc = res.worst_fraction, (res.worst.quantity + " " + p.describe()) if res.worst else ""
-                details.append(dict(backend=t.name, property=prop, problem=repr(p), ok=res.ok,
-                                    measurements=[m.as_dict() for m in res.measurements]))
-                if not res.ok:
-                    status, msg = "FAIL", res.message()
+                if run_one(c, p) != "skip":
                     break
-            if n_run == 0:
-                status = "skip"
-            rows.append((t.name, prop, status, n_run, n_skip, worst, worst_desc if status != "FAIL" else msg))
-            print(f"{t.name} / {prop}: {status}, {n_run} run, worst/band {worst}", flush=True)
-            if status == "FAIL":
-                print(f"--- {t.name} / {prop} FAILED:\n{msg}\n", flush=True)
-            _dump(out_dir, rows, details, time.perf_counter() - t_start)  # a cut-off run keeps what it has
-    elapsed = time.perf_counter() - t_start
-    _dump(out_dir, rows, details, elapsed)
-    print(f"\nharness_gpu on {_device_name()} (torch {torch.__version__}), {elapsed:.0f}s")
-    print(f"{'backend':13s} {'property':16s} {'status':11s} {'run':>4s} {'skip':>4s} {'worst/band':>10s}  note")
-    for name, prop, status, n, sk, w, note in rows:
-        ws = "-" if w is None else f"{w:.3g}"
-        print(f"{name:13s} {prop:16s} {status:11s} {n:4d} {sk:4d} {ws:>10s}  {note.splitlines()[0][:90] if note else ''}")
-    return 1 if any(r[2] == "FAIL" for r in rows) else 0
+    while True:
+        now = time.time()
+        live = [c for c in cells if not st[c]["done"] and now + max(0.5, 1.2 * st[c]["last"]) < deadline]
+        if not live:
+            break
+        c = min(live, key=lambda c: st[c]["used"])
+        p = draw(c, 2)
+        if p is None:
+            st[c]["done"] = True
+            continue
+        run_one(c, p)
+    log(ev="bye", summary={"/".join(c): dict(n=s["n"], skip=s["skip"], used=round(s["used"], 1), why=s["why"])
+                           for c, s in st.items()})
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parent
+def _applicability(backend, caps, prop, dtype, PROPERTIES, as_target):
+    """None when the cell is to be run, else why it is n/a."""
+    if dtype not in caps["dtypes"]:
+        return f"{caps['name']} takes no {dtype}"
+    if caps["name"] == "triton" and prop in DENSE_ONLY:
+        return "dense masks route to triton_dense"
+    if prop == "gradcheck" and dtype != "float64":
+        return "gradcheck is float64 only"
+    why = PROPERTIES[prop].applies(as_target(backend))
+    if why:
+        return why
+    kinds = NARROW.get(prop, {}).get("kinds", caps["kinds"])
+    if not [k for k in caps["kinds"] if k in kinds]:
+        return "no mask kind the property needs"
+    return None
+
+
+def plan(families: dict, n_workers: int) -> list:
+    """Share ``n_workers`` among families {key: (cost per cell, [cells])}; split each family's
+    cells into contiguous runs. Returns [(family key, [cells])]."""
+    keys = [k for k, (_, cells) in families.items() if cells]
+    weight = {k: families[k][0] * len(families[k][1]) for k in keys}
+    if n_workers < len(keys):  # fewer workers than families: merge the lightest into the heaviest lists
+        keys.sort(key=lambda k: -weight[k])
+        out = [(k, list(families[k][1])) for k in keys[:n_workers]]
+        for i, k in enumerate(keys[n_workers:]):
+            out[-(1 + i % n_workers)][1].extend(families[k][1])
+        return out
+    share = {k: 1 for k in keys}
+    for _ in range(n_workers - len(keys)):
+        k = max(keys, key=lambda k: (weight[k] / share[k], len(families[k][1]) > share[k]))
+        if len(families[k][1]) <= share[k]:
+            break
+        share[k] += 1
+    out = []
+    for k in keys:
+        cells = families[k][1]
+        n = share[k]
+        for i in range(n):
+            part = cells[len(cells) * i // n: len(cells) * (i + 1) // n]
+            if part:
+                out.append((k, part))
+    return out
+
+
+class Parent:
+    def __init__(self):
+        self.t0 = T_IMPORT
+        self.deadline = self.t0 + BUDGET_S - 6  # the table and JSON need a few seconds
+        self.parts = os.path.join(OUT_DIR, "harness_parts")
+        os.makedirs(self.parts, exist_ok=True)
+        self.workers = []  # dicts: id, key, cells, proc, log, offset, current, started, rc
+        self.events = []
+        self.na = {}
+        self.caps = {}
+        self.status_lines = []
+        self.stop = False
+        self.build = None
+        self.pending_cuda = []
+        self.timeouts = {}  # cell -> [problem reprs]
+        self.dead_cells = set()
+        self.meta = {}
+        self.n_spawned = 0
+
+    def log(self, *a):
+        print(f"[{time.time() - self.t0:6.1f}s]", *a, flush=True)
+
+    def spawn(self, key, cells, long=False):
+        wid = self.n_spawned
+        self.n_spawned += 1
+        logp = os.path.join(self.parts, f"w{wid:02d}.jsonl")
+        spec = dict(cells=[list(c) for c in cells], caps=self.caps, deadline=self.deadline - 2, log=logp,
+                    seed=f"{key}", long=long)
+        sp = os.path.join(self.parts, f"w{wid:02d}.spec.json")
+        json.dump(spec, open(sp, "w"))
+        errf = open(os.path.join(self.parts, f"w{wid:02d}.stderr"), "w")
+        proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", sp],
+                                stdout=errf, stderr=subprocess.STDOUT, cwd=ROOT)
+        w = dict(id=wid, key=key, cells=[tuple(c) for c in cells], proc=proc, log=logp, offset=0, current=None,
+                 started=time.time(), rc=None, long=long)
+        self.workers.append(w)
+        self.log(f"worker {wid} ({key}{', long N' if long else ''}): {len(cells)} cells, pid {proc.pid}")
+        return w
+
+    def read(self, w):
+        try:
+            with open(w["log"]) as f:
+                f.seek(w["offset"])
+                data = f.read()
+        except FileNotFoundError:
+            return
+        if not data:
+            return
+        end = data.rfind("\n")
+        if end < 0:
+            return
+        w["offset"] += len(data[:end + 1].encode())
+        for line in data[:end + 1].splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            r["w"] = w["id"]
+            if r["ev"] == "start":
+                w["current"] = r
+            elif r["ev"] in ("result", "skip", "error", "oom"):
+                w["current"] = None
+            if r["ev"] in ("result", "error", "oom", "skip", "import_error", "cuda_broken", "draw_error",
+                           "timeout", "killed"):
+                if "cell" in r:
+                    r["cell"] = tuple(r["cell"])
+                self.events.append(r)
+                if r["ev"] == "result" and not r["ok"]:
+                    self.log(f"FAIL {'/'.join(r['cell'])}: {r['describe']} worst {r['worst']:.3g} ({r['worst_q']})")
+                if r["ev"] in ("error", "oom"):
+                    self.log(f"{r['ev'].upper()} {'/'.join(r['cell'])}: {r['describe']}: {r['error'][:200]}")
+
+    def kill(self, w, why):
+        p = w["proc"]
+        if p.poll() is None:
+            try:
+                p.kill()
+            except Exception:
+                pass
+            try:
+                p.wait(5)
+            except Exception:
+                pass
+        self.read(w)
+        cur = w["current"]
+        if cur is not None:
+            c = tuple(cur["cell"])
+            ev = dict(ev=why, cell=c, problem=cur["problem"], describe=cur["describe"], w=w["id"],
+                      s=round(time.time() - cur["t"], 1))
+            self.events.append(ev)
+            self.log(f"{why.upper()} {'/'.join(c)}: {cur['describe']} after {ev['s']}s (worker {w['id']} killed)")
+            if why == "timeout":
+                self.dead_cells.add(c)
+            w["current"] = None
+
+    def covered(self, c):
+        return any(e.get("cell") == c and e["ev"] in ("result", "error") for e in self.events)
+
+    def respawn(self, w):
+        left = [c for c in w["cells"] if c not in self.dead_cells
+                and not any(e.get("cell") == c and (e["ev"] == "error" or (e["ev"] == "result" and not e["ok"]))
+                            for e in self.events)]
+        if w["long"]:
+            return  # its problems are in a fixed order; not repeated
+        if not left or self.deadline - time.time() < 20:
+            return
+        left.sort(key=lambda c: self.covered(c))  # uncovered cells first
+        self.spawn(w["key"], left)
+
+    def monitor(self):
+        last_dump = 0.0
+        while not self.stop:
+            now = time.time()
+            if now > self.deadline:
+                break
+            if self.build is not None and self.build.poll() is not None:
+                rc = self.build.returncode
+                self.meta["cuda_build"] = dict(rc=rc, seconds=round(now - self.meta["cuda_build_t0"], 1))
+                self.log(f"cuda build: rc={rc} in {self.meta['cuda_build']['seconds']}s")
+                self.build = None
+                if rc == 0:
+                    for key, cells in self.pending_cuda:
+                        self.spawn(key, cells)
+                else:
+                    self.meta["cuda_not_run"] = "the extension did not build (harness_parts/cuda_build.log)"
+                self.pending_cuda = []
+            running = 0
+            for w in list(self.workers):
+                if w["rc"] is not None:
+                    continue
+                self.read(w)
+                cur = w["current"]
+                if cur is not None and now - cur["t"] > PROBLEM_CAP_S:
+                    self.kill(w, "timeout")
+                    w["rc"] = w["proc"].returncode
+                    self.respawn(w)
+                    continue
+                rc = w["proc"].poll()
+                if rc is not None:
+                    self.read(w)
+                    w["rc"] = rc
+                    if w["current"] is not None:
+                        self.kill(w, "crash")
+                    self.log(f"worker {w['id']} exited rc={rc} after {now - w['started']:.0f}s")
+                    if rc != 0:
+                        self.respawn(w)
+                    continue
+                running += 1
+            if running == 0 and self.build is None and not self.pending_cuda:
+                break
+            if now - last_dump > 5:
+                self.dump(final=False)
+                last_dump = now
+            time.sleep(0.25)
+        for w in self.workers:
+            if w["rc"] is None:
+                self.kill(w, "stopped")
+                w["rc"] = w["proc"].returncode
+        if self.build is not None and self.build.poll() is None:
+            self.build.kill()
+
+    def table(self):
+        rows = []
+        cells = sorted(set(self.all_cells) | {e["cell"] for e in self.events if "cell" in e},
+                       key=lambda c: (BACKENDS.index(c[0]) if c[0] in BACKENDS else 99, PROPS.index(c[1]),
+                                      DTYPES.index(c[2])))
+        long_cells = {(p, pr.dtype) for p, pr in self.long_list}
+        for c in cells:
+            evs = [e for e in self.events if e.get("cell") == c]
+            for long in (False, True):
+                sel = [e for e in evs if (e.get("w") in self.long_ids) == long]
+                if long and not sel and not (c[0] == "triton" and (c[1], c[2]) in long_cells):
+                    continue
+                if not long and c in self.na:
+                    rows.append(dict(backend=c[0], property=c[1], dtype=c[2], long_n=False, status="n/a",
+                                     why=self.na[c]))
+                    continue
+                rr = [e for e in sel if e["ev"] == "result"]
+                ff = [e for e in rr if not e["ok"]]
+                ee = [e for e in sel if e["ev"] == "error"]
+                tt = [e for e in sel if e["ev"] in ("timeout", "crash")]
+                sk = [e for e in sel if e["ev"] == "skip"]
+                oo = [e for e in sel if e["ev"] == "oom"]
+                status = "FAIL" if (ff or ee) else "pass" if rr else "timeout" if tt else "not run"
+                why = ""
+                if status == "not run":
+                    why = ("skipped: " + sk[-1]["why"]) if sk else \
+                        self.meta.get("cuda_not_run", "no time") if c[0] == "cuda" else "no time"
+                worst = max(rr, key=lambda e: e["worst"], default=None)
+                rows.append(dict(
+                    backend=c[0], property=c[1], dtype=c[2], long_n=long, status=status, run=len(rr) + len(ee),
+                    skip=len(sk), oom=len(oo), max_n=max([e["N"] for e in rr], default=None),
+                    worst=worst["worst"] if worst else None, worst_q=worst["worst_q"] if worst else None,
+                    worst_problem=worst["describe"] if worst else None,
+                    seconds=round(sum(e.get("s", 0) for e in rr + ee), 1), why=why,
+                    failures=[dict(problem=e["problem"], message=e.get("message") or e.get("error"),
+                                   tb=e.get("tb")) for e in ff + ee],
+                    timeouts=[dict(problem=e["problem"], ev=e["ev"], s=e["s"]) for e in tt]))
+        return rows
+
+    def dump(self, final):
+        rows = self.table()
+        d = dict(device=self.meta.get("device"), torch=self.meta.get("torch"), triton=self.meta.get("triton"),
+                 budget_s=BUDGET_S, seconds=round(time.time() - self.t0, 1), final=final, backends=BACKENDS,
+                 env={k: os.environ.get(k) for k in ("LINATTN_TRITON_AUTOTUNE", "LINATTN_CUDA_FP32",
+                                                     "HARNESS_WORKERS", "HARNESS_PROBLEM_CAP_S", "TRITON_INTERPRET")},
+                 meta=self.meta, cells=rows,
+                 workers=[dict(id=w["id"], key=w["key"], cells=["/".join(c) for c in w["cells"]], rc=w["rc"],
+                               long=w["long"], seconds=round(time.time() - w["started"], 1)) for w in self.workers],
+                 problems_run=sum(1 for e in self.events if e["ev"] == "result"),
+                 oom=[dict(cell="/".join(e["cell"]), problem=e["problem"]) for e in self.events if e["ev"] == "oom"])
+        path = os.path.join(OUT_DIR, "harness_gpu.json")
+        try:
+            with open(path + ".part", "w") as f:
+                json.dump(d, f, indent=1, default=str)
+            os.replace(path + ".part", path)
+        except Exception as e:
+            self.log(f"cannot write {path}: {e}")
+        return rows
+
+    def print_table(self, rows):
+        fails = [r for r in rows if r["status"] in ("FAIL", "timeout")]
+        for r in fails:
+            for f in r.get("failures", []):
+                print(f"\n--- FAIL {r['backend']}/{r['property']}/{r['dtype']}: {f['message'][:1500]}\n"
+                      f"problem = {f['problem']}", flush=True)
+            for t in r.get("timeouts", []):
+                print(f"\n--- {t['ev'].upper()} {r['backend']}/{r['property']}/{r['dtype']} after {t['s']}s:"
+                      f" problem = {t['problem']}", flush=True)
+        print(f"\nharness_gpu on {self.meta.get('device')} (torch {self.meta.get('torch')}, triton "
+              f"{self.meta.get('triton')}), {time.time() - self.t0:.0f}s of {BUDGET_S:.0f}s, "
+              f"{self.n_spawned} worker processes, {sum(1 for e in self.events if e['ev'] == 'result')} problems")
+        print("cell: status runs worst-error/band (pass/FAIL/timeout/not run/n-a); long N rows: triton at N >= 16384")
+        short = {"pass": "pass", "FAIL": "FAIL", "timeout": "TIME", "not run": "-", "n/a": "n/a"}
+        by = {}
+        for r in rows:
+            by[(r["backend"], r["property"], r["long_n"])] = by.get((r["backend"], r["property"], r["long_n"]), {})
+            by[(r["backend"], r["property"], r["long_n"])][r["dtype"]] = r
+        print(f"{'backend':13s} {'property':20s} " + " ".join(f"{d:>17s}" for d in DTYPES))
+        for (b, p, long), dd in by.items():
+            cols = []
+            for d in DTYPES:
+                r = dd.get(d)
+                if r is None:
+                    cols.append(f"{'':>17s}" if long else f"{'n/a':>17s}")
+                    continue
+                s = short[r["status"]]
+                if r["status"] in ("pass", "FAIL"):
+                    w = "-" if r.get("worst") is None else f"{r['worst']:.2f}"
+                    s = f"{s} {r['run']:3d} {w:>5s}"
+                cols.append(f"{s:>17s}")
+            name = p + (" N>=16384" if long else "")
+            print(f"{b:13s} {name:20s} " + " ".join(cols))
+        counts = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        print("cells:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+
+    def main(self) -> int:
+        signal.signal(signal.SIGTERM, self._sigterm)
+        self.long_ids = set()
+        self.long_list = []
+        try:
+            import torch
+
+            import linattn
+            from linattn.testing import PROPERTIES, as_target
+        except Exception:
+            print("harness_gpu: cannot import linattn.testing:\n" + traceback.format_exc())
+            return 1
+        self.meta["torch"] = torch.__version__
+        try:
+            import triton
+
+            self.meta["triton"] = triton.__version__
+        except Exception:
+            self.meta["triton"] = None
+        if not CPU and not torch.cuda.is_available():
+            print("harness_gpu: no CUDA device; nothing to do")
+            return 0
+        self.meta["device"] = "cpu (logic test)" if CPU else torch.cuda.get_device_name()
+        self.all_cells = []
+        families = {}
+        for name in BACKENDS:
+            try:
+                b = linattn.get_backend(name)
+            except ValueError as e:
+                self.log(f"{name}: absent ({e})")
+                continue
+            why = b.available()
+            if why is not None or DEVICE not in b.devices:
+                self.log(f"{name}: unavailable ({why or 'not on ' + DEVICE})")
+                for p in PROPS:
+                    for d in DTYPES:
+                        self.na[(name, p, d)] = f"unavailable: {why or 'not on ' + DEVICE}"
+                        self.all_cells.append((name, p, d))
+                continue
+            caps = self.caps[name] = caps_of(b)
+            for d in DTYPES:
+                for p in PROPS:
+                    c = (name, p, d)
+                    self.all_cells.append(c)
+                    why = _applicability(name, caps, p, d, PROPERTIES, as_target)
+                    if why:
+                        self.na[c] = why
+                        continue
+                    families.setdefault(f"{name}:{d}", (COST[name], []))[1].append(c)
+        cores = os.cpu_count() or 2
+        n_workers = int(os.environ.get("HARNESS_WORKERS", str(max(2, min(15, cores - 1)))))
+        long = LONG_N and "triton" in self.caps and "float16" in self.caps["triton"]["dtypes"]
+        n_long = 1 if long else 0
+        parts = plan(families, max(1, n_workers - n_long))
+        self.log(f"{len(self.all_cells)} cells, {sum(len(c) for _, c in parts)} to run, {len(self.na)} n/a; "
+                 f"{len(parts)} workers + {n_long} long-N; budget {BUDGET_S:.0f}s, {cores} cores")
+        self.meta["plan"] = [dict(key=k, cells=["/".join(c) for c in cells]) for k, cells in parts]
+        cuda_parts = [(k, cells) for k, cells in parts if k.startswith("cuda:")]
+        if cuda_parts and not CPU:
+            from linattn.backends.cuda import emulator
+
+            if not emulator.ENABLED:
+                self.meta["cuda_build_t0"] = time.time()
+                blog = open(os.path.join(self.parts, "cuda_build.log"), "w")
+                self.build = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--build"],
+                                              stdout=blog, stderr=subprocess.STDOUT, cwd=ROOT)
+                self.pending_cuda = cuda_parts
+                self.log(f"cuda build started (pid {self.build.pid}); {len(cuda_parts)} cuda workers wait for it")
+        if long:
+            self.long_list = long_n_problems()
+            w = self.spawn("triton:long", [], long=True)
+            self.long_ids.add(w["id"])
+        for k, cells in parts:
+            if self.pending_cuda and (k, cells) in self.pending_cuda:
+                continue
+            self.spawn(k, cells)
+        try:
+            self.monitor()
+        finally:
+            for w in self.workers:
+                if w["rc"] is None and w["proc"].poll() is None:
+                    self.kill(w, "stopped")
+                self.read(w)
+        for w in self.workers:
+            if w["long"]:
+                self.long_ids.add(w["id"])
+        rows = self.dump(final=True)
+        self.print_table(rows)
+        return 1 if any(r["status"] in ("FAIL", "timeout") for r in rows) else 0
+
+    def _sigterm(self, *_):
+        self.log("SIGTERM: stopping the workers, writing the table")
+        self.stop = True
+        self.deadline = min(self.deadline, time.time())
+
+
+def build_main() -> int:
+    import torch
+
+    from linattn.backends.cuda import loader
+
+    t0 = time.time()
+    try:
+        loader.load(torch.device("cuda"))
+    except Exception:
+        traceback.print_exc()
+        return 1
+    print(f"cuda extension built/loaded in {time.time() - t0:.1f}s", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        sys.exit(worker_main(sys.argv[2]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--build":
+        sys.exit(build_main())
+    sys.exit(Parent().main())
