@@ -81,6 +81,12 @@ def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else fp32_default
 
 
+#: The ``PRECISION`` value of kernels that split float32 operands themselves (``split_tf32``,
+#: ``dot3``): three TF32 products like Triton's ``tf32x3``, each tile split once. Kernels
+#: that use ``dot`` only accept it too (they then split at every product, like tf32x3).
+PRESPLIT = "tf32x3s"
+
+
 def next_pow2_tile(n: int, minimum: int = 16) -> int:
     """The channel tile for a head dim ``n``: the next power of two, at least ``minimum``
     (``tl.dot`` needs 16); loads are masked beyond ``n``."""
@@ -89,13 +95,89 @@ def next_pow2_tile(n: int, minimum: int = 16) -> int:
 
 if HAVE_TRITON:
 
+    _PRESPLIT = tl.constexpr(PRESPLIT)  # a global a jitted function may read
+
     @triton.jit
     def dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-        """``a @ b`` accumulated in float32 (see UPCAST_DOTS for ``UPCAST``)."""
-        if UPCAST:
+        """``a @ b`` accumulated in float32 (see UPCAST_DOTS for ``UPCAST``; PRESPLIT below)."""
+        if PRECISION == _PRESPLIT:
+            a_hi, a_lo = split_tf32(a, PRECISION)
+            b_hi, b_lo = split_tf32(b, PRECISION)
+            return dot3(a_hi, a_lo, b_hi, b_lo, PRECISION, UPCAST)
+        elif UPCAST:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         else:
             return tl.dot(a, b, input_precision=PRECISION)
+
+    # -- three TF32 products per float32 product, with operands split by the kernel -------
+    #
+    # Triton's own ``tf32x3`` splits both operands of every ``tl.dot`` where it stands, so a
+    # tile a program keeps for its whole walk (q in the forward, k and v in dk/dv) is split
+    # again at every step, and a tile used by two products is split twice. With
+    # ``PRECISION == _PRESPLIT`` a kernel splits each tile once, where it is loaded
+    # (``split_tf32``), and passes the halves to ``dot3``/``dot3_acc``: the same three TF32
+    # products (lo·hi + hi·lo + hi·hi, small terms first), accumulated straight into the
+    # running accumulator. Other precisions pass through: ``split_tf32`` returns (x, x),
+    # ``dot3`` is ``dot`` of the first halves, so one kernel body serves every mode.
+
+    @triton.jit
+    def round_tf32(x):
+        """float32 ``x`` rounded to TF32 (10 explicit mantissa bits; to nearest, ties away
+        from zero, like ``cvt.rna.tf32.f32``), as float32. Done on the bits so that it also
+        runs under the interpreter; where rounding up would carry into the inf/NaN exponent
+        (|x| within half a TF32 ulp of the float32 maximum, or x already inf/NaN) the bits
+        are truncated instead, so a finite x stays finite."""
+        bits = x.to(tl.int32, bitcast=True)
+        up = (bits + 0x1000) & -8192  # -8192 == 0xFFFFE000: clear the 13 low mantissa bits
+        r = tl.where((up & 0x7F800000) == 0x7F800000, bits & -8192, up)
+        return r.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def split_tf32(x, PRECISION: tl.constexpr):
+        """``(hi, lo)`` with x ≈ hi + lo, both exact in TF32, for ``PRECISION == _PRESPLIT``
+        (hi = x rounded to TF32, lo = the exact remainder x - hi rounded to TF32: x to
+        about 2^-22 relative); ``(x, x)`` otherwise (the second is then unused)."""
+        if PRECISION == _PRESPLIT:
+            hi = round_tf32(x)
+            lo = round_tf32(x - hi)
+        else:
+            hi = x
+            lo = x
+        return hi, lo
+
+    @triton.jit
+    def dot3(a_hi, a_lo, b_hi, b_lo, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` from ``split_tf32`` halves: lo·hi + hi·lo + hi·hi in TF32 (PRESPLIT),
+        else ``dot(a_hi, b_hi)``."""
+        if PRECISION == _PRESPLIT:
+            if UPCAST:  # the halves are exact in TF32: full float32 products are the same
+                r = tl.dot(a_lo, b_hi, input_precision="ieee")
+                r = tl.dot(a_hi, b_lo, r, input_precision="ieee")
+                r = tl.dot(a_hi, b_hi, r, input_precision="ieee")
+            else:
+                r = tl.dot(a_lo, b_hi, input_precision="tf32")
+                r = tl.dot(a_hi, b_lo, r, input_precision="tf32")
+                r = tl.dot(a_hi, b_hi, r, input_precision="tf32")
+            return r
+        else:
+            return dot(a_hi, b_hi, PRECISION, UPCAST)
+
+    @triton.jit
+    def dot3_acc(acc, a_hi, a_lo, b_hi, b_lo, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``acc + a @ b``; with PRESPLIT the three products accumulate into ``acc`` itself
+        (no second accumulator tile live in registers)."""
+        if PRECISION == _PRESPLIT:
+            if UPCAST:
+                acc = tl.dot(a_lo, b_hi, acc, input_precision="ieee")
+                acc = tl.dot(a_hi, b_lo, acc, input_precision="ieee")
+                acc = tl.dot(a_hi, b_hi, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(a_lo, b_hi, acc, input_precision="tf32")
+                acc = tl.dot(a_hi, b_lo, acc, input_precision="tf32")
+                acc = tl.dot(a_hi, b_hi, acc, input_precision="tf32")
+            return acc
+        else:
+            return acc + dot(a_hi, b_hi, PRECISION, UPCAST)
 
     @triton.jit
     def to_operand(x, like, UPCAST: tl.constexpr):

@@ -41,10 +41,10 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot, to_operand
+    from .common import dot, dot3, dot3_acc, split_tf32, to_operand
     from .dense_fwd import _autotuned, _pruner, causal_decay, decay_horizon, diagonal_weight
 
-__all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DMASK_CONFIGS", "FUSED_CONFIGS"]
+__all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DKDV_SPLIT_CONFIGS", "DMASK_CONFIGS", "FUSED_CONFIGS"]
 
 # (rows, cols, num_warps, num_stages); rows = the block a program owns.
 # Kept small: every config costs a compile (seconds each) the first time a shape is seen.
@@ -52,6 +52,11 @@ DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 #: (64, 16, 4, 3) is there for float32 (tf32x3): compiled for sm_90 at D = 64 it is the one
 #: dk/dv config without spills (run 2's seed winner (64, 32, 4, 3) spills 56 B, (64, 64) 1144 B).
 DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 16, 4, 3)]
+#: Configs of the dk-only and dv-only programs (LINATTN_TRITON_DENSE_DKDV=split): each holds
+#: one accumulator and one resident tile (pair), so wider walks fit. Compiled for sm_90 at
+#: float32 D = 64 with operands split once (tf32x3s) all three have no spills (64×64: 184/246
+#: registers, 192 KiB shared; 64×32: 153; 128×32 with 8 warps: 151).
+DKDV_SPLIT_CONFIGS = [(64, 64, 4, 3), (64, 32, 4, 3), (128, 32, 8, 3)]
 DMASK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
 #: The fused causal/decay backward (dk/dv of key block p and dq of query block p in one
 #: program): (BP, BW, warps, stages), BP the block owned in both walks, BW the walked tile.
@@ -75,7 +80,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _dq_inner(
-        b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, lo, hi, M, D, E, stride_mm, scale, b_s2, c_i,
+        b_dq, b_ds, b_q, b_ql, b_do, b_dol, k, v, p_mrow, p_dmrow, i0, lo, hi, M, D, E, stride_mm, scale, b_s2, c_i,
         o_n, o_m, o_d, o_e, m_n, m_d, m_e,
         HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
         NEED_DQ: tl.constexpr, NEED_DM: tl.constexpr, NEED_DS: tl.constexpr,
@@ -90,9 +95,11 @@ if HAVE_TRITON:
             m_nm = m_n[:, None] & m_m[None, :]
             b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
             b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
-            # -- recompute the scores; dP = scale do vᵀ
-            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
-            b_dp = dot(b_do, tl.trans(b_v), PRECISION, UPCAST) * scale  # [BN, BM]
+            # -- recompute the scores; dP = scale do vᵀ (q, do resident, split once by the caller)
+            b_kh, b_kl = split_tf32(b_k, PRECISION)  # k: in the scores and in dq
+            b_vh, b_vl = split_tf32(b_v, PRECISION)
+            b_a = dot3(b_q, b_ql, tl.trans(b_kh), tl.trans(b_kl), PRECISION, UPCAST)  # [BN, BM]
+            b_dp = dot3(b_do, b_dol, tl.trans(b_vh), tl.trans(b_vl), PRECISION, UPCAST) * scale  # [BN, BM]
             # -- W = M ⊙ C, and the full C for dM/ds
             b_w = 1.0
             b_c = 1.0
@@ -116,7 +123,8 @@ if HAVE_TRITON:
                     b_dwc *= b_m
                 b_ds += ((i0 + o_n)[:, None] - o_j[None, :]).to(tl.float32) * b_dwc
             if NEED_DQ:  # dq += (dP ⊙ W) k
-                b_dq += dot(to_operand(b_dp * b_w, b_k, UPCAST), b_k, PRECISION, UPCAST)  # [BN, BD]
+                b_sh, b_sl = split_tf32(to_operand(b_dp * b_w, b_k, UPCAST), PRECISION)
+                b_dq = dot3_acc(b_dq, b_sh, b_sl, b_kh, b_kl, PRECISION, UPCAST)  # [BN, BD]
         return b_dq, b_ds
 
     @triton.jit
@@ -174,6 +182,8 @@ if HAVE_TRITON:
 
         b_q = tl.load(q + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
         b_do = tl.load(do + o_n[:, None] * E + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
+        b_q, b_ql = split_tf32(b_q, PRECISION)  # split once for the whole walk (PRESPLIT)
+        b_do, b_dol = split_tf32(b_do, PRECISION)
         b_dq = tl.zeros([BN, BD], dtype=tl.float32)
         b_ds = tl.zeros([BN, BM], dtype=tl.float32)
 
@@ -188,16 +198,16 @@ if HAVE_TRITON:
                 lo = 0
             c_i = tl.exp2(-b_s2 * o_n.to(tl.float32))  # [BN] row factor 2^(-s₂ (i - i0))
             mid = ((i0 + 1) // BM) * BM  # key blocks before mid lie wholly below the diagonal
-            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, lo, mid, M, D, E, stride_mm,
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_ql, b_do, b_dol, k, v, p_mrow, p_dmrow, i0, lo, mid, M, D, E, stride_mm,
                                    scale, b_s2, c_i, o_n, o_m, o_d, o_e, m_n, m_d, m_e,
                                    HAS_MASK, DECAY, 1, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
             if DECAY:
                 b_dq *= c_i[:, None]
-            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, mid, tl.minimum(M, i0 + BN),
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_ql, b_do, b_dol, k, v, p_mrow, p_dmrow, i0, mid, tl.minimum(M, i0 + BN),
                                    M, D, E, stride_mm, scale, b_s2, c_i, o_n, o_m, o_d, o_e, m_n, m_d, m_e,
                                    HAS_MASK, DECAY, 2, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
         else:
-            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_do, k, v, p_mrow, p_dmrow, i0, 0, M, M, D, E, stride_mm,
+            b_dq, b_ds = _dq_inner(b_dq, b_ds, b_q, b_ql, b_do, b_dol, k, v, p_mrow, p_dmrow, i0, 0, M, M, D, E, stride_mm,
                                    scale, 0.0, o_n.to(tl.float32), o_n, o_m, o_d, o_e, m_n, m_d, m_e,
                                    HAS_MASK, False, 0, NEED_DQ, NEED_DM, NEED_DS, BM, PRECISION, UPCAST)
 
@@ -208,7 +218,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _dkdv_inner(
-        b_dk, b_dv, b_k, b_v, q, do, p_mcol, j0, lo, hi, N, D, E, stride_mn, scale, b_s2, c_j,
+        b_dk, b_dv, b_k, b_kl, b_v, b_vl, q, do, p_mcol, j0, lo, hi, N, D, E, stride_mn, scale, b_s2, c_j,
         o_n, o_m, o_d, o_e, m_m, m_d, m_e,
         HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
         NEED_DK: tl.constexpr, NEED_DV: tl.constexpr,
@@ -222,8 +232,11 @@ if HAVE_TRITON:
             m_n = o_i < N
             b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
             b_do = tl.load(do + o_i[:, None] * E + o_e[None, :], mask=m_n[:, None] & m_e[None, :], other=0.0)  # [BN, BE]
-            # -- transposed tiles: Aᵀ = k qᵀ
-            b_at = dot(b_k, tl.trans(b_q), PRECISION, UPCAST)  # [BM, BN]
+            # -- transposed tiles: Aᵀ = k qᵀ (k, v resident, split once by the caller; q and
+            #    do split once here for their two products each)
+            b_qh, b_ql = split_tf32(b_q, PRECISION)
+            b_doh, b_dol = split_tf32(b_do, PRECISION)
+            b_at = dot3(b_k, b_kl, tl.trans(b_qh), tl.trans(b_ql), PRECISION, UPCAST)  # [BM, BN]
             # -- Wᵀ
             b_wt = 1.0
             if STAGE == 1:
@@ -236,10 +249,12 @@ if HAVE_TRITON:
                                mask=m_m[:, None] & m_n[None, :], other=0.0).to(tl.float32)  # [BM, BN]  Mᵀ tile
                 b_wt = b_wt * b_mt
             if NEED_DV:  # dv += (A ⊙ W)ᵀ do
-                b_dv += dot(to_operand(b_at * b_wt, b_do, UPCAST), b_do, PRECISION, UPCAST)  # [BM, BE]
+                b_ph, b_pl = split_tf32(to_operand(b_at * b_wt, b_do, UPCAST), PRECISION)
+                b_dv = dot3_acc(b_dv, b_ph, b_pl, b_doh, b_dol, PRECISION, UPCAST)  # [BM, BE]
             if NEED_DK:  # dk += (dP ⊙ W)ᵀ q,  dPᵀ = scale v doᵀ
-                b_dpt = dot(b_v, tl.trans(b_do), PRECISION, UPCAST) * scale  # [BM, BN]
-                b_dk += dot(to_operand(b_dpt * b_wt, b_q, UPCAST), b_q, PRECISION, UPCAST)  # [BM, BD]
+                b_dpt = dot3(b_v, b_vl, tl.trans(b_doh), tl.trans(b_dol), PRECISION, UPCAST) * scale  # [BM, BN]
+                b_sh, b_sl = split_tf32(to_operand(b_dpt * b_wt, b_q, UPCAST), PRECISION)
+                b_dk = dot3_acc(b_dk, b_sh, b_sl, b_qh, b_ql, PRECISION, UPCAST)  # [BM, BD]
         return b_dk, b_dv
 
     @triton.jit
@@ -289,6 +304,8 @@ if HAVE_TRITON:
 
         b_k = tl.load(k + o_m[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
         b_v = tl.load(v + o_m[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
+        b_k, b_kl = split_tf32(b_k, PRECISION)  # split once for the whole walk (PRESPLIT)
+        b_v, b_vl = split_tf32(b_v, PRECISION)
         b_dk = tl.zeros([BM, BD], dtype=tl.float32)
         b_dv = tl.zeros([BM, BE], dtype=tl.float32)
 
@@ -308,14 +325,14 @@ if HAVE_TRITON:
                     hi = N
                 c_j = tl.exp2(-b_s2 * (BM - o_m).to(tl.float32))  # [BM] 2^(-s₂ (p - j)), p = j0 + BM
                 mid = tl.minimum(j0 + ((BM + BN - 1) // BN) * BN, hi)  # rows from mid lie wholly below
-                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, j0, mid, N, D, E, stride_mn,
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_kl, b_v, b_vl, p_q, p_do, p_mcol, j0, j0, mid, N, D, E, stride_mn,
                                          scale, b_s2, c_j, o_n, o_m, o_d, o_e, m_m, m_d, m_e,
                                          HAS_MASK, DECAY, 2, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
-                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, mid, hi, N, D, E, stride_mn,
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_kl, b_v, b_vl, p_q, p_do, p_mcol, j0, mid, hi, N, D, E, stride_mn,
                                          scale, b_s2, c_j, o_n, o_m, o_d, o_e, m_m, m_d, m_e,
                                          HAS_MASK, DECAY, 1, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
             else:
-                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_v, p_q, p_do, p_mcol, j0, 0, N, N, D, E, stride_mn,
+                b_dk, b_dv = _dkdv_inner(b_dk, b_dv, b_k, b_kl, b_v, b_vl, p_q, p_do, p_mcol, j0, 0, N, N, D, E, stride_mn,
                                          scale, 0.0, o_m.to(tl.float32), o_n, o_m, o_d, o_e, m_m, m_d, m_e,
                                          HAS_MASK, False, 0, NEED_DK, NEED_DV, BM, BN, PRECISION, UPCAST)
 
@@ -415,7 +432,11 @@ if HAVE_TRITON:
         tl.store(p_dm, (b_dm * scale).to(dm.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
 
     _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _pruner("dq", "BN", "BM"))
-    _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _pruner("dkdv", "BM", "BN"))
+    _DKDV_KEY = ["N", "M", "BD", "BE", "HAS_MASK", "CAUSAL", "DECAY", "PRECISION", "NEED_DK", "NEED_DV"]
+    _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _pruner("dkdv", "BM", "BN"),
+                             key=_DKDV_KEY)
+    _dkdv_split_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_SPLIT_CONFIGS, "BM", "BN",
+                                   _pruner("dkdv", "BM", "BN"), key=_DKDV_KEY)
     _fused_tuned = _autotuned(_dense_bwd_fused_kernel, FUSED_CONFIGS, "BP", "BW", _pruner("fused", "BP", "BW"))
     _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _pruner("dmask", "BN", "BM"),
                               key=["N", "M", "BD", "BE", "CAUSAL", "DECAY", "PRECISION", "MB", "MH"])
@@ -504,14 +525,17 @@ def dense_backward(
     if need_dk or need_dv:
         dk = torch.empty_like(k) if need_dk else k
         dv = torch.empty_like(v) if need_dv else v
-        launch(
-            _dense_bwd_dkdv_kernel, _dkdv_tuned,
-            lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
-            dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
-                 **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=need_dk, NEED_DV=need_dv),
-            configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
-            kind="dkdv",
-        )
+        # one program for both, or (split) a dk-only and a dv-only launch of the same kernel
+        split = dkdv_mode() == "split" and need_dk and need_dv
+        for flags in ([(True, False), (False, True)] if split else [(need_dk, need_dv)]):
+            launch(
+                _dense_bwd_dkdv_kernel, _dkdv_split_tuned if split else _dkdv_tuned,
+                lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
+                dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
+                     **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=flags[0], NEED_DV=flags[1]),
+                configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
+                kind="dkdv",
+            )
         dk = dk if need_dk else None
         dv = dv if need_dv else None
 
@@ -551,6 +575,21 @@ def bwd_mode() -> str:
     mode = os.environ.get("LINATTN_TRITON_DENSE_BWD", "auto") or "auto"
     if mode not in _BWD_MODES:
         raise ValueError(f"LINATTN_TRITON_DENSE_BWD must be one of {_BWD_MODES}, got {mode!r}")
+    return mode
+
+
+#: ``LINATTN_TRITON_DENSE_DKDV``: ``joint`` (default) computes dk and dv in one program
+#: (two accumulators and k, v resident); ``split`` launches the dk/dv kernel twice, once for
+#: dk and once for dv (``DKDV_SPLIT_CONFIGS``): the same four products in all, half the
+#: registers per program (float32 tf32x3 spills in the joint program). Only the separate
+#: dk/dv kernel is affected (not the fused causal/decay backward).
+_DKDV_MODES = ("joint", "split")
+
+
+def dkdv_mode() -> str:
+    mode = os.environ.get("LINATTN_TRITON_DENSE_DKDV", "joint") or "joint"
+    if mode not in _DKDV_MODES:
+        raise ValueError(f"LINATTN_TRITON_DENSE_DKDV must be one of {_DKDV_MODES}, got {mode!r}")
     return mode
 
 

@@ -56,7 +56,7 @@ if HAVE_TRITON:
     import triton
     import triton.language as tl
 
-    from .common import dot, to_operand
+    from .common import dot, dot3, dot3_acc, split_tf32, to_operand
 
 __all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides", "dot_precision", "smem_estimate", "smem_limit"]
 
@@ -85,7 +85,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     variable ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides both
     (``common.dot_precision``). 16-bit inputs ignore it.
     """
-    return common.dot_precision(dtype, fp32_default="tf32x3")
+    p = common.dot_precision(dtype, fp32_default="tf32x3")
+    return common.PRESPLIT if p == "tf32x3" and tf32x3_mode() == "split" else p
+
+
+#: ``LINATTN_TRITON_DENSE_TF32X3``: how these kernels run float32 ``tf32x3`` products.
+#: ``triton`` (default): Triton's own ``input_precision="tf32x3"``, which splits both
+#: operands at every ``tl.dot``; ``split``: the kernels split each tile once where it is
+#: loaded and issue the three TF32 products themselves (``common.split_tf32``/``dot3``),
+#: accumulating into the running accumulator. Same three products, same accuracy class.
+_TF32X3_MODES = ("triton", "split")
+
+
+def tf32x3_mode() -> str:
+    mode = os.environ.get("LINATTN_TRITON_DENSE_TF32X3", "triton") or "triton"
+    if mode not in _TF32X3_MODES:
+        raise ValueError(f"LINATTN_TRITON_DENSE_TF32X3 must be one of {_TF32X3_MODES}, got {mode!r}")
+    return mode
 
 
 def autotune_enabled() -> bool:
@@ -212,7 +228,7 @@ if HAVE_TRITON:
 
     @triton.jit
     def _fwd_inner(
-        b_o, b_q, k, v, p_mrow, i0, lo, hi, M, D, E, stride_mm, b_s2,
+        b_o, b_q, b_ql, k, v, p_mrow, i0, lo, hi, M, D, E, stride_mm, b_s2,
         o_n, o_m, o_d, o_e, m_n, m_d, m_e,
         HAS_MASK: tl.constexpr, DECAY: tl.constexpr, STAGE: tl.constexpr,
         BM: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
@@ -224,8 +240,9 @@ if HAVE_TRITON:
             m_m = o_j < M
             b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_m[:, None] & m_d[None, :], other=0.0)  # [BM, BD]
             b_v = tl.load(v + o_j[:, None] * E + o_e[None, :], mask=m_m[:, None] & m_e[None, :], other=0.0)  # [BM, BE]
-            # -- scores
-            b_a = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BN, BM]
+            # -- scores (b_q, b_ql: the resident q split once, see common.split_tf32)
+            b_kh, b_kl = split_tf32(b_k, PRECISION)
+            b_a = dot3(b_q, b_ql, tl.trans(b_kh), tl.trans(b_kl), PRECISION, UPCAST)  # [BN, BM]
             # -- weights
             if STAGE == 1:
                 if DECAY:  # 2^(-s₂ (i0 - j)); the row factor 2^(-s₂ (i - i0)) comes after the loop
@@ -236,7 +253,9 @@ if HAVE_TRITON:
                 b_m = tl.load(p_mrow + o_j.to(tl.int64)[None, :] * stride_mm, mask=m_n[:, None] & m_m[None, :], other=0.0)
                 b_a *= b_m.to(tl.float32)  # [BN, BM]
             # -- o += (A ⊙ W) v
-            b_o += dot(to_operand(b_a, b_v, UPCAST), b_v, PRECISION, UPCAST)  # [BN, BE]
+            b_ah, b_al = split_tf32(to_operand(b_a, b_v, UPCAST), PRECISION)
+            b_vh, b_vl = split_tf32(b_v, PRECISION)
+            b_o = dot3_acc(b_o, b_ah, b_al, b_vh, b_vl, PRECISION, UPCAST)  # [BN, BE]
         return b_o
 
     @triton.jit
@@ -276,6 +295,7 @@ if HAVE_TRITON:
                   + (i0 + o_n).to(tl.int64)[:, None] * stride_mn)
 
         b_q = tl.load(q + o_n[:, None] * D + o_d[None, :], mask=m_n[:, None] & m_d[None, :], other=0.0)  # [BN, BD]
+        b_q, b_ql = split_tf32(b_q, PRECISION)  # split once for the whole walk (PRESPLIT)
         b_o = tl.zeros([BN, BE], dtype=tl.float32)  # accumulated in float32
         if CAUSAL:
             if DECAY:
@@ -287,14 +307,14 @@ if HAVE_TRITON:
                 b_s2 = 0.0
                 lo = 0
             mid = ((i0 + 1) // BM) * BM  # key blocks before mid lie wholly below the diagonal
-            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, lo, mid, M, D, E, stride_mm, b_s2,
+            b_o = _fwd_inner(b_o, b_q, b_ql, k, v, p_mrow, i0, lo, mid, M, D, E, stride_mm, b_s2,
                              o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, DECAY, 1, BM, PRECISION, UPCAST)
             if DECAY:  # the row factor of the blocks below
                 b_o *= tl.exp2(-b_s2 * o_n.to(tl.float32))[:, None]
-            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, mid, tl.minimum(M, i0 + BN), M, D, E, stride_mm, b_s2,
+            b_o = _fwd_inner(b_o, b_q, b_ql, k, v, p_mrow, i0, mid, tl.minimum(M, i0 + BN), M, D, E, stride_mm, b_s2,
                              o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, DECAY, 2, BM, PRECISION, UPCAST)
         else:
-            b_o = _fwd_inner(b_o, b_q, k, v, p_mrow, i0, 0, M, M, D, E, stride_mm, 0.0,
+            b_o = _fwd_inner(b_o, b_q, b_ql, k, v, p_mrow, i0, 0, M, M, D, E, stride_mm, 0.0,
                              o_n, o_m, o_d, o_e, m_n, m_d, m_e, HAS_MASK, False, 0, BM, PRECISION, UPCAST)
 
         tl.store(o + o_n[:, None] * E + o_e[None, :], (b_o * scale).to(o.dtype.element_ty),
