@@ -1,27 +1,32 @@
-"""GPU check of backend ``cuda`` (v3): build, correctness in the harness bands, timings.
+"""GPU check of backend ``cuda`` (v4): build, seed speed, correctness in the harness bands.
 
-    CUDA_BUDGET_S=80 OUT=dir python3 gpu/cuda_ext.py      (from the repository root)
+    CUDA_BUDGET_S=120 OUT=dir python3 gpu/cuda_ext.py     (from the repository root)
     python3 gpu/cuda_ext.py --dry-run-cpu                  (the same logic on the CPU emulator)
 
-Budget-aware: CUDA_BUDGET_S (default 80) is the wall time the whole script may take,
+Budget-aware: CUDA_BUDGET_S (default 120) is the wall time the whole script may take,
 build included; each item below is skipped (and listed as skipped) when what is left of
 the budget is less than its estimate, a watchdog writes the JSON and exits before the
 budget runs out even if a kernel hangs, every item's exception is caught and logged, and
-$OUT/cuda_ext.json is rewritten after every item. In order of importance:
+$OUT/cuda_ext.json is rewritten after every item. float32 is on by default since v4
+(LINATTN_CUDA_FP32=0 turns it off; this script leaves it on). In order of importance:
 
 1. build the extension for the GPU present (timed); meanwhile nvcc -Xptxas -v compiles the
    float32 and bfloat16 kernel files in the background, and their register / spill lines
    are printed once the build is done;
-2. float32 correctness (3xTF32, opt-in LINATTN_CUDA_FP32=1, set by this script) on the 15
-   problem kinds of CASES, in the harness bands (linattn.testing.bands: e <= 4 x the error
-   of the plain formula in float32 + floor): o and every gradient, with the error, the
-   formula's own error (e_ref) and the fraction of the band;
-3. bfloat16 and float16 correctness on the same kinds;
-4. the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]) fwd and
-   fwd+bwd with CUDA events (median) and peak memory, cuda vs reference;
+2. the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]): fwd and fwd+bwd
+   with CUDA events (median) and peak memory, cuda vs reference, plus cuda with the v3 host
+   path (two ``ninja --version`` subprocesses per forward, what run 6 timed), and the
+   per-kernel profile (torch.profiler) of cuda and reference;
+3. float32 correctness on the 15 problem kinds of CASES, in the harness bands
+   (linattn.testing.bands: e <= 4 x the error of the plain formula in float32 + floor): o
+   and every gradient, with the error, the formula's own error (e_ref) and the band fraction;
+4. the two one-term fuzz failures (fuzz/failures/cuda-forward-658e448a67.json,
+   cuda-backward-3a49fd36dc.json) replayed with the default engine choice (FFMA for short
+   contractions) and with LINATTN_CUDA_FP32_FFMA=0 (3xTF32 everywhere, v3);
 5. bfloat16 B=4 H=12 N=4096 D=64 (same mask kind): cuda, reference, triton_dense;
-6. determinism (two backward runs bitwise equal), then, for tuning, forced tile
-   configurations and per-kernel profiler times if budget is left.
+6. bfloat16 and float16 correctness on the same kinds as 3;
+7. determinism (two backward runs bitwise equal), then, for tuning, the seed with FFMA
+   forced, forced tile configurations and the bf16 profile if budget is left.
 """
 from __future__ import annotations
 
@@ -37,21 +42,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DRY = "--dry-run-cpu" in sys.argv  # check this script's logic on a CPU through the kernel emulator
 if DRY:
     os.environ["LINATTN_CUDA_EMULATE"] = "1"
-os.environ.setdefault("LINATTN_CUDA_FP32", "1")  # float32 on the GPU is opt-in until measured: measure it
+os.environ.setdefault("LINATTN_CUDA_FP32", "1")  # the default since v4; kept explicit for older checkouts
 DEV = "cpu" if DRY else "cuda"
 T0 = time.time()
 try:
-    BUDGET = float(os.environ.get("CUDA_BUDGET_S", "80"))
+    BUDGET = float(os.environ.get("CUDA_BUDGET_S", "120"))
 except ValueError:
-    print(f"CUDA_BUDGET_S: expected seconds, got {os.environ.get('CUDA_BUDGET_S')!r}; using 80", flush=True)
-    BUDGET = 80.0
+    print(f"CUDA_BUDGET_S: expected seconds, got {os.environ.get('CUDA_BUDGET_S')!r}; using 120", flush=True)
+    BUDGET = 120.0
 
 import threading  # noqa: E402
 
 import torch  # noqa: E402
 
 RESULTS = {"device": None, "budget_s": BUDGET, "build": None, "ptxas": [], "correctness": [], "determinism": [],
-           "timing": [], "skipped": [], "errors": []}
+           "timing": [], "replays": [], "skipped": [], "errors": []}
 TOL = {torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # v1/v2's fixed check, kept for comparison
 _SAVE_LOCK = threading.Lock()
 
@@ -265,8 +270,17 @@ def bench(fn, reps=10, warmup=2):
     return times[len(times) // 2]
 
 
-def time_backend(backend, B, H, N, D, dtype, *, reps=10):
+def time_backend(backend, B, H, N, D, dtype, *, reps=10, host_tax=0):
+    """fwd and fwd+bwd medians (CUDA events) and peak memory. host_tax: that many
+    ``ninja --version`` subprocesses per forward, as the v3 loader ran (two a call)."""
     import linattn
+
+    def tax():
+        if host_tax:
+            from torch.utils.cpp_extension import is_ninja_available
+
+            for _ in range(host_tax):
+                is_ninja_available()
 
     g = torch.Generator(device=DEV).manual_seed(0)
     q = torch.randn(B, H, N, D, generator=g, device=DEV, dtype=dtype, requires_grad=True)
@@ -276,10 +290,12 @@ def time_backend(backend, B, H, N, D, dtype, *, reps=10):
     do = torch.randn(B, H, N, D, generator=g, device=DEV, dtype=dtype)
 
     def fwd():
+        tax()
         with torch.no_grad():
             return linattn.linear_attention(q, k, v, M, backend=backend)
 
     def fwd_bwd():
+        tax()
         o = linattn.linear_attention(q, k, v, M, backend=backend)
         q.grad = k.grad = v.grad = None
         o.backward(do)
@@ -315,8 +331,9 @@ def config_sweep(label, B, H, N, D, dtype, reps):
     RESULTS.setdefault("configs", []).extend(rows)
 
 
-def profile_kernels(label, B, H, N, D, dtype):
-    """GPU time per kernel name over 3 fwd+bwd steps of backend cuda (torch.profiler)."""
+def profile_kernels(label, B, H, N, D, dtype, backend="cuda"):
+    """GPU time per kernel name over 3 fwd+bwd steps of `backend` (torch.profiler); the sum of
+    the kernel times beside the event-timed step tells how much of a step is host gaps."""
     import linattn
     from torch.profiler import ProfilerActivity, profile
 
@@ -325,11 +342,11 @@ def profile_kernels(label, B, H, N, D, dtype):
     M = torch.randint(0, 2, (1, 1, N, N), generator=g, device=DEV).to(dtype)
     do = torch.randn(B, H, N, D, generator=g, device=DEV, dtype=dtype)
     for _ in range(2):
-        linattn.linear_attention(q, k, v, M, backend="cuda").backward(do)
+        linattn.linear_attention(q, k, v, M, backend=backend).backward(do)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            linattn.linear_attention(q, k, v, M, backend="cuda").backward(do)
+            linattn.linear_attention(q, k, v, M, backend=backend).backward(do)
         torch.cuda.synchronize()
     rows = []
     for ev in prof.key_averages():
@@ -337,11 +354,13 @@ def profile_kernels(label, B, H, N, D, dtype):
         if t is None:
             t = getattr(ev, "cuda_time_total", 0.0)
         if t and t > 0:
-            rows.append({"label": label, "kernel": ev.key[:90], "calls": ev.count, "total_ms": t / 1e3 / 3,
-                         "per_call_ms": t / 1e3 / max(ev.count, 1)})
+            rows.append({"label": label, "backend": backend, "kernel": ev.key[:90], "calls": ev.count,
+                         "total_ms": t / 1e3 / 3, "per_call_ms": t / 1e3 / max(ev.count, 1)})
     rows.sort(key=lambda r: -r["total_ms"])
     for r in rows[:8]:
-        log(f"profile {label}: {r['total_ms']:8.3f} ms/step  {r['calls']:3d} calls  {r['kernel']}")
+        log(f"profile {label} {backend}: {r['total_ms']:8.3f} ms/step  {r['calls']:3d} calls  "
+            f"{r['per_call_ms']:7.3f} ms/call  {r['kernel']}")
+    log(f"profile {label} {backend}: all kernels {sum(r['total_ms'] for r in rows):.3f} ms/step")
     RESULTS.setdefault("profile", []).extend(rows[:12])
 
 
@@ -392,15 +411,57 @@ def collect_ptxas(procs, timeout):
     RESULTS["ptxas"] = rows
 
 
+REPLAYS = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
+
+
+def replay_one_term(path, ffma):
+    """One recorded fuzz failure on this device; ffma: the LINATTN_CUDA_FP32_FFMA setting
+    (None = default engine choice, "0" = 3xTF32 everywhere as in v3)."""
+    import dataclasses
+
+    import linattn
+    from fuzz.campaign import CampaignFailure, check
+    from fuzz.problems import rebuild
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    entry = json.load(open(os.path.join(root, path)))
+    problem = dataclasses.replace(rebuild(entry["problem"]), device=DEV)
+    old = os.environ.pop("LINATTN_CUDA_FP32_FFMA", None)
+    if ffma is not None:
+        os.environ["LINATTN_CUDA_FP32_FFMA"] = ffma
+    try:
+        res, _ = check(linattn.get_backend("cuda"), entry["property"], problem)
+        rec = {"id": entry["id"], "ffma": ffma or "auto", "pass": True, "worst_fraction": res.worst_fraction}
+    except CampaignFailure as e:
+        rec = {"id": entry["id"], "ffma": ffma or "auto", "pass": False, "message": str(e)[:600]}
+    finally:
+        os.environ.pop("LINATTN_CUDA_FP32_FFMA", None)
+        if old is not None:
+            os.environ["LINATTN_CUDA_FP32_FFMA"] = old
+    RESULTS["replays"].append(rec)
+    detail = f"worst {rec['worst_fraction']:.3f} of band" if rec["pass"] else " | ".join(rec["message"].splitlines()[1:3])
+    log(f"replay {rec['id']} ffma={rec['ffma']}: {'PASS' if rec['pass'] else 'FAIL'} {detail}")
+
+
 def timing(label, B, H, N, D, dtype, backends, reps):
     """Each backend in turn; every row is recorded (and saved) as soon as it is measured."""
     rows = []
     for be in backends:
         if not afford(f"timing/{label}/{be}", 3):
             continue
-        r = guarded("timing", f"{label}/{be}")(time_backend)(be, B, H, N, D, dtype, reps=reps)
+        tax, name = (2, "cuda") if be == "cuda-v3host" else (0, be)
+        env = {}
+        if be == "cuda-ffma":  # every float32 product on FFMA (Fp32FmaEngine)
+            name, env = "cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}
+        os.environ.update(env)
+        try:
+            r = guarded("timing", f"{label}/{be}")(time_backend)(name, B, H, N, D, dtype, reps=reps, host_tax=tax)
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
         if r is None:
             continue
+        r["backend"] = be
         r["label"] = label
         rows.append(r)
         RESULTS["timing"].append(r)
@@ -435,6 +496,10 @@ def main():
         log(f"dry run on the CPU emulator (LINATTN_CUDA_EMU_MMA={os.environ.get('LINATTN_CUDA_EMU_MMA', 'rz')}), "
             f"budget {BUDGET:.0f}s")
         correctness((torch.float32, torch.bfloat16), max_size=2 * 4 * 131 * 131 * 64, est={})
+        for ffma in (None, "0"):
+            for path in REPLAYS:
+                if afford(f"replay/{path}/{ffma}", 5):
+                    guarded("replay", f"{path}/{ffma}")(replay_one_term)(path, ffma)
         if afford("determinism/float32", 20):
             guarded("determinism", "float32")(check_determinism)(torch.float32)
         finish()
@@ -472,14 +537,24 @@ def main():
     guarded("ptxas", "collect")(collect_ptxas)(procs, min(30.0, left() - 40))
     save()
 
-    # 2-3. correctness: float32 (the question of this run) first, then the halves
+    # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
+    if afford("timing/seed fp32", 8):
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v3host"], reps=10)
+    if afford("profile/seed fp32", 5):
+        guarded("profile", "seed fp32/cuda")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
+    if afford("profile/seed fp32/reference", 5):
+        guarded("profile", "seed fp32/reference")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32,
+                                                                    "reference")
+
+    # 3-4. float32 correctness (on by default since v4), the one-term fuzz failures
     est = {"seedlike-binary": 3.0, "D256-E256-dense": 2.0, "decay-D256-causalmask": 2.0}
     correctness((torch.float32,), est=est)
-    correctness((torch.bfloat16, torch.float16), est=est)
+    for ffma in (None, "0"):
+        for path in REPLAYS:
+            if afford(f"replay/{path}/{ffma}", 2):
+                guarded("replay", f"{path}/{ffma}")(replay_one_term)(path, ffma)
 
-    # 4-5. timings
-    if afford("timing/seed fp32", 8):
-        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference"], reps=10)
+    # 5. bfloat16 N = 4096 beside reference and triton_dense
     if afford("timing/bf16 N=4096", 10):
         import linattn
 
@@ -492,16 +567,21 @@ def main():
                 log(f"backend {name} not usable: {e}")
         timing("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16, ["cuda", "reference"] + extra, reps=5)
 
-    # 6. determinism, then tuning aids
+    # 6. the halves' correctness
+    correctness((torch.bfloat16, torch.float16), est=est)
+
+    # 7. determinism, then tuning aids
     for dtype in (torch.float32, torch.bfloat16):
         if afford(f"determinism/{dtype}", 3):
             guarded("determinism", str(dtype))(check_determinism)(dtype)
+    if afford("timing/seed fp32 ffma", 6):
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda-ffma"], reps=3)
     if afford("configs/seed fp32", 10):
         config_sweep("seed fp32", 16, 12, 1024, 64, torch.float32, reps=5)
+    if afford("profile/bf16 N=4096", 6):
+        guarded("profile", "bf16 N=4096")(profile_kernels)("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16)
     if afford("configs/bf16 N=4096", 8):
         config_sweep("bf16 N=4096", 4, 12, 4096, 64, torch.bfloat16, reps=3)
-    if afford("profile/seed fp32", 6):
-        guarded("profile", "seed fp32")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
     finish()
     return 0
 
@@ -526,6 +606,9 @@ def finish():
                   f"of its band ({worst['case']}); worst ratio to the formula in {dt} "
                   f"{max(ratios) if ratios else float('nan'):.2f}; fixed-tol check "
                   f"{sum(r['tol_ok'] for r in rows)}/{len(rows)}" + (f"; FAILED: {bad}" if bad else ""))
+    for r in RESULTS["replays"]:
+        print(f"replay {r['id']:28s} ffma={r['ffma']:4s}: " + ("PASS" if r["pass"] else "FAIL")
+              + (f" ({r['worst_fraction']:.3f} of band)" if r["pass"] else ""))
     for d in RESULTS["determinism"]:
         print(f"determinism {d['dtype']:9s}: bitwise equal = {d['bitwise_equal']}")
     print(f"{'timing':14s} {'backend':12s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'peak MiB':>10s} {'speedup':>8s} {'mem':>6s}")

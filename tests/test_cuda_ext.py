@@ -16,7 +16,10 @@ gpu/cuda_sanitize.sh (compute-sanitizer memcheck and racecheck).
 """
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,9 +61,10 @@ def test_rest_of_linattn_unaffected():
 def test_capabilities_declared():
     assert BACKEND.name == "cuda" and BACKEND.auto_rank == {"cuda": 5}
     halves = frozenset({torch.float16, torch.bfloat16})
-    # float32 only under the CPU emulator or with LINATTN_CUDA_FP32=1 until the 3xTF32 kernel
-    # is measured inside the bands on a GPU
+    # float32 on by default since v4 (FFMA for short contractions); LINATTN_CUDA_FP32=0 turns it
+    # off on GPUs, never under the CPU emulator
     fp32 = emulator.ENABLED or cuda_pkg.FP32_OPT_IN
+    assert cuda_pkg.FP32_OPT_IN == (os.environ.get("LINATTN_CUDA_FP32", "1") != "0")
     assert BACKEND.dtypes == (halves | {torch.float32} if fp32 else halves)
     assert BACKEND.max_head_dim == 256 and BACKEND.state and BACKEND.mask_grad and BACKEND.slopes_grad
     assert "cuda" in BACKEND.devices
@@ -223,6 +227,34 @@ def test_emulated_every_tile_configuration(config, dtype, monkeypatch):
     monkeypatch.setenv("LINATTN_CUDA_CONFIG", config)
     p, _ = _problem(1, 2, 1, 70, 70, 12, 9, mask_shape=(1, 2, 70, 70), decay=True)
     _compare(p, dtype, causal=True)
+
+
+@needs_emu
+@pytest.mark.parametrize("ffma", ["0", "1"], ids=["tf32x3-forced", "ffma-forced"])
+def test_emulated_float32_engine_forced(ffma, monkeypatch):
+    """Both float32 engines on every path (row and col mode, mask, decay, GQA, edges):
+    LINATTN_CUDA_FP32_FFMA=1 runs FFMA where 3xTF32 would run and =0 the reverse."""
+    monkeypatch.setenv("LINATTN_CUDA_FP32_FFMA", ffma)
+    for shape in ((1, 4, 2, 70, 70, 12, 9), (1, 2, 1, 5, 5, 2, 3)):
+        B, H, Hkv, N, M, D, E = shape
+        p, _ = _problem(B, H, Hkv, N, M, D, E, mask_shape=(1, H, N, M), decay=True)
+        _compare(p, torch.float32, causal=True)
+
+
+ONE_TERM_FAILURES = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
+
+
+@needs_emu
+@pytest.mark.parametrize("path", ONE_TERM_FAILURES, ids=["forward", "backward"])
+def test_emulated_one_term_fuzz_failures_pass(path):
+    """The two problems of one term (N = M = D = 1) that 3xTF32 put 1.15-1.36x above the
+    float32 band (22 of 24 bits) pass with FFMA for short contractions (the default)."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, LINATTN_CUDA_EMULATE="1", OMP_NUM_THREADS="1")
+    env.pop("LINATTN_CUDA_FP32_FFMA", None)
+    res = subprocess.run([sys.executable, "-m", "fuzz", "--replay", path], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert "PASS" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 @needs_emu

@@ -33,8 +33,9 @@ from .function import MaskedLinearAttention, cuda_forward
 __all__ = ["BACKEND", "FP32_OPT_IN", "cuda_forward", "get_ops", "unavailable", "MaskedLinearAttention"]
 
 
-#: float32 on a real GPU: opt-in until the v3 kernels are measured there (see BACKEND below).
-FP32_OPT_IN = os.environ.get("LINATTN_CUDA_FP32", "0") == "1"
+#: float32 on a real GPU: on by default since v4 (see BACKEND below); LINATTN_CUDA_FP32=0 turns
+#: it off (read at import). The name is kept for callers that read it.
+FP32_OPT_IN = os.environ.get("LINATTN_CUDA_FP32", "1") != "0"
 
 
 def unavailable() -> Optional[str]:
@@ -61,9 +62,11 @@ BACKEND = Backend(
     devices=frozenset({"cpu", "cuda"}) if emulator.ENABLED else frozenset({"cuda"}),
     # float32 (3xTF32 product kernel, v2) failed the harness bands on an H200 on 2026-11-27
     # (7 of 15 cases: long mma chains into one accumulator, which tensor cores sum with
-    # truncation). v3 keeps every chain short (engine_mma.cuh, "Short chains"); until that is
-    # measured on a GPU, float32 on a real GPU is opt-in (LINATTN_CUDA_FP32=1, read at import);
-    # the CPU emulator (which models the truncation) always serves it.
+    # truncation). v3 keeps every chain short (engine_mma.cuh, "Short chains"): 15/15 on the
+    # H200 (run 6), but problems of one term (N = M = D = 1) stayed 1.15-1.36x above the band
+    # (3xTF32 keeps 22 of 24 bits). v4 runs short contractions on FFMA (kernels.cuh,
+    # fp32_use_ffma), so float32 is on by default; LINATTN_CUDA_FP32=0 (read at import) turns
+    # it off on GPUs. The CPU emulator (which models the truncation) always serves it.
     dtypes=frozenset({torch.float16, torch.bfloat16})
     | (frozenset({torch.float32}) if emulator.ENABLED or FP32_OPT_IN else frozenset()),
     mask_kinds=frozenset(MASK_KINDS),

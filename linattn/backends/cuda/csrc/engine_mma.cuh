@@ -138,6 +138,65 @@ struct Tf32x3Engine {
   }
 };
 
+// float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the
+// kernel and its tiles are the same; only the two products differ). For short contractions
+// (kernels.cuh, `fp32_use_ffma`): 3xTF32 carries 22 of float32's 24 significand bits per
+// operand (x = tf32 hi + tf32 lo), which on a problem of one or a few terms is above what the
+// plain float32 formula makes (its error there is one or two roundings); FFMA rounds exactly
+// like the formula. Sums run in index order: recursive float32 summation over the head dim
+// (scores) and over the whole contracted index (accumulate: straight into o, no stretches —
+// FFMA rounds to nearest, so chains carry no bias).
+struct Fp32FmaEngine {
+  using T = float;
+  static constexpr int BNc = 32;
+  static constexpr int NJ = BNc / 8;
+  static constexpr int LDC = BE + 4;
+  static constexpr int PADM = 4;
+  LINATTN_HD static int kpad(int K) { return (K + 7) / 8 * 8; }
+  LINATTN_HD static int ld_op(int K) { return kpad(K) + 4; }
+
+  // s[j][e] = Σ_k A[row][k] B[col][k], row = g (+8 for e >= 2), col = 8j + 2t + (e & 1).
+  static __device__ __forceinline__ void scores(float (&s)[NJ][4], const float* Aw, const float* Bs, int ld, int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float* a0 = Aw + g * ld;
+    const float* b0 = Bs + 2 * t * ld;
+    for (int k = 0; k < Kp; ++k) {
+      const float x0 = a0[k], x1 = a0[8 * ld + k];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        const float y0 = b0[8 * j * ld + k], y1 = b0[(8 * j + 1) * ld + k];
+        s[j][0] = fmaf(x0, y0, s[j][0]);
+        s[j][1] = fmaf(x0, y1, s[j][1]);
+        s[j][2] = fmaf(x1, y0, s[j][2]);
+        s[j][3] = fmaf(x1, y1, s[j][3]);
+      }
+    }
+  }
+
+  // o[n][e] += Σ_c P[row][c] C[c][ch] over the tile's BNc columns in order. P[row][8j + 2t' + u]
+  // sits in lane 4g + t' (s[j][u], row g; s[j][2 + u], row g + 8): fetched with shuffles.
+  static __device__ __forceinline__ void accumulate(float (&o)[8][4], const float (&s)[NJ][4], const float* Cs) {
+    const int lane = threadIdx.x & 31, t = lane & 3, quad = lane & ~3;
+#pragma unroll
+    for (int j = 0; j < NJ; ++j)
+#pragma unroll
+      for (int tp = 0; tp < 4; ++tp)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const float p0 = shfl(s[j][u], quad + tp), p1 = shfl(s[j][2 + u], quad + tp);
+          const float* crow = Cs + (8 * j + 2 * tp + u) * LDC + 2 * t;
+#pragma unroll
+          for (int n = 0; n < 8; ++n) {
+            const float c0 = crow[8 * n], c1 = crow[8 * n + 1];
+            o[n][0] = fmaf(p0, c0, o[n][0]);
+            o[n][1] = fmaf(p0, c1, o[n][1]);
+            o[n][2] = fmaf(p1, c0, o[n][2]);
+            o[n][3] = fmaf(p1, c1, o[n][3]);
+          }
+        }
+  }
+};
+
 template <class Tin>
 struct HalfMmaEngine {
   using T = Tin;

@@ -102,6 +102,26 @@ const char* launch_product_t(const ProductArgs& p, cudaStream_t stream) {
   return "the tiles need more shared memory than this GPU gives one block";
 }
 
+// float32: 3xTF32 tensor cores, or IEEE FFMA (Fp32FmaEngine) where a contraction is short.
+// 3xTF32 keeps 22 of float32's 24 significand bits of each operand; over a long contraction
+// those errors, of random sign, stay at the float32 formula's level (harness bands), but on a
+// problem of a few terms the formula makes one or two roundings and 3xTF32 lands above it
+// (fuzz: N = M = D = 1 at 1.15-1.36x the band). Short means: the contracted index fits one
+// tile (nC <= 32), or the head dim fits one k-step (DA <= 8); such launches are cheap on
+// the CUDA cores. LINATTN_CUDA_FP32_FFMA=1 forces FFMA everywhere, =0 never (experiments).
+inline bool fp32_use_ffma(const ProductArgs& p) {
+  if (const char* env = std::getenv("LINATTN_CUDA_FP32_FFMA")) {
+    if (env[0] == '1') return true;
+    if (env[0] == '0') return false;
+  }
+  const int nC = p.col_mode ? p.n : p.m;
+  return nC <= Fp32FmaEngine::BNc || p.da <= 8;
+}
+
+inline const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
+  return fp32_use_ffma(p) ? launch_product_t<Fp32FmaEngine>(p, stream) : launch_product_t<Tf32x3Engine>(p, stream);
+}
+
 template <class Eng>
 const char* launch_mask_grad_t(const MaskGradArgs& p, cudaStream_t stream) {
   const int64_t tiles_i = (p.n + BM - 1) / BM, tiles_j = (p.m + BN - 1) / BN;

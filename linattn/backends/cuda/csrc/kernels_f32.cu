@@ -2,6 +2,6 @@
 #include "kernels.cuh"
 
 namespace linattn {
-const char* launch_product_f32(const ProductArgs& p, cudaStream_t s) { return launch_product_t<Tf32x3Engine>(p, s); }
+const char* launch_product_f32(const ProductArgs& p, cudaStream_t s) { return launch_product_float32(p, s); }
 const char* launch_mask_grad_f32(const MaskGradArgs& p, cudaStream_t s) { return launch_mask_grad_t<FfmaEngine>(p, s); }
 }  // namespace linattn

@@ -78,6 +78,15 @@ __device__ __forceinline__ uint32_t ld_pair(const T* p) {
 #endif
 }
 
+// -- one float from lane `src` of this warp (all 32 lanes take part) -------------------------
+__device__ __forceinline__ float shfl(float v, int src) {
+#ifndef LINATTN_EMULATE
+  return __shfl_sync(0xffffffffu, v, src);
+#else
+  return emu::warp_shfl(v, src);
+#endif
+}
+
 // -- mma.sync over NJ accumulator tiles that share one A fragment ----------------------------
 #ifndef LINATTN_EMULATE
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

@@ -276,6 +276,18 @@ inline void warp_mma(int kind, int nj, const float* a, const float* b, float* ac
     }
 }
 
+// __shfl_sync(full mask, v, src) for this lane: every lane of the warp deposits v, meets the
+// others at the per-warp barrier and reads lane src's value (the two alternating slots keep
+// a lane that runs ahead from overwriting a value still being read).
+inline float warp_shfl(float v, int src) {
+  const int lane = tidx.x % 32, w = tidx.x / 32;
+  WarpSlot& slot = warp_slots[2 * w + warp_parity];
+  warp_parity ^= 1;
+  slot.a[lane][0] = v;
+  warp_bars[w]->arrive_and_wait();
+  return slot.a[src & 31][0];
+}
+
 template <class... P, class... A>
 void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
   const unsigned nt = block.x * block.y * block.z;

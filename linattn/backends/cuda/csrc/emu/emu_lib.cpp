@@ -4,7 +4,7 @@
 #include "../kernels.cuh"
 
 namespace linattn {
-const char* launch_product_f32(const ProductArgs& p, cudaStream_t s) { return launch_product_t<Tf32x3Engine>(p, s); }
+const char* launch_product_f32(const ProductArgs& p, cudaStream_t s) { return launch_product_float32(p, s); }
 const char* launch_product_f16(const ProductArgs& p, cudaStream_t s) { return launch_product_t<HalfMmaEngine<__half>>(p, s); }
 const char* launch_product_bf16(const ProductArgs& p, cudaStream_t s) {
   return launch_product_t<HalfMmaEngine<__nv_bfloat16>>(p, s);
