@@ -31,7 +31,7 @@ parent write the table and exit.
 
 Environment (defaults in brackets):
   HARNESS_BUDGET_S [140]       wall seconds for the whole script, startup to table
-  HARNESS_WORKERS [cores-1]    worker processes at a time (cuda build not counted)
+  HARNESS_WORKERS [cores-1]    worker processes, the long-N one included (max 15)
   HARNESS_BACKENDS [triton,triton_dense,cuda]
   HARNESS_LONG_N [1]           run the triton N >= 16384 problems
   HARNESS_PROBLEM_CAP_S [70]   one problem longer than this is killed (timeout)
@@ -75,7 +75,7 @@ BIG_NS = [61, 63, 64] if CPU else [4093, 4095, 4096]  # phase 1: N at the top of
 EDGES = sorted({1, 2, 3, 5, 7, 13, 31, 61, 67, 97, 127, 131, 251, 257, 509, 521, 1021, 1031, 2039, 2053, 4093}
                | {c + d for c in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096) for d in (-1, 0, 1)})
 HEAD_DIMS = [1, 3, 16, 17, 32, 48, 60, 63, 64, 65, 96, 128, 256]
-MAX_WORK = (1 << 21) if CPU else (1 << 32)  # B·H·N·M·(D+E): the float64 oracle's products
+MAX_WORK = (1 << 21) if CPU else (1 << 34)  # B·H·N·M·(D+E): the float64 oracle's products
 MAX_NM = (1 << 16) if CPU else (1 << 26)  # B·H·N·M: one float64 N×M tensor (0.5 GiB), workers share the GPU
 NARROW = {
     "forward": dict(grads=False),
@@ -304,6 +304,11 @@ def worker_main(spec_path: str) -> int:
     except Exception:
         pass
     spec = json.load(open(spec_path))
+    if spec.get("nice"):
+        try:  # Triton compiles yield to the nvcc build, whose end the cuda workers wait for
+            os.nice(spec["nice"])
+        except OSError:
+            pass
     log = _Log(spec["log"])
     deadline = spec["deadline"]
     log(ev="hello", pid=os.getpid(), import_s=round(time.time() - T_IMPORT, 2))
@@ -406,9 +411,12 @@ def worker_main(spec_path: str) -> int:
                     st[c]["done"], st[c]["why"] = True, f"{type(e).__name__}: {e}"[:200]
 
     if spec.get("long"):
+        skip = set(spec.get("skip_problems", []))  # tried by an earlier worker (timed out)
         for prop, p in long_n_problems():
             if time.time() > deadline - 2:
                 break
+            if repr(p) in skip:
+                continue
             c = ("triton", prop, p.dtype)
             st.setdefault(c, dict(n=0, skip=0, used=0.0, last=0.0, done=False, why=""))
             run_one(c, p)
@@ -507,16 +515,21 @@ class Parent:
         self.dead_cells = set()
         self.meta = {}
         self.n_spawned = 0
+        self.spawns = {}  # family key -> workers started for it (at most 4: no respawn loops)
+        self.long_ids = set()
+        self.long_list = []
 
     def log(self, *a):
         print(f"[{time.time() - self.t0:6.1f}s]", *a, flush=True)
 
-    def spawn(self, key, cells, long=False):
+    def spawn(self, key, cells, long=False, skip_problems=()):
         wid = self.n_spawned
         self.n_spawned += 1
+        self.spawns[key] = self.spawns.get(key, 0) + 1
         logp = os.path.join(self.parts, f"w{wid:02d}.jsonl")
         spec = dict(cells=[list(c) for c in cells], caps=self.caps, deadline=self.deadline - 2, log=logp,
-                    seed=f"{key}", long=long)
+                    seed=f"{key}/{self.spawns[key]}", long=long, skip_problems=list(skip_problems),
+                    nice=0 if key.startswith("cuda") else 3)
         sp = os.path.join(self.parts, f"w{wid:02d}.spec.json")
         json.dump(spec, open(sp, "w"))
         errf = open(os.path.join(self.parts, f"w{wid:02d}.stderr"), "w")
@@ -580,7 +593,7 @@ class Parent:
                       s=round(time.time() - cur["t"], 1))
             self.events.append(ev)
             self.log(f"{why.upper()} {'/'.join(c)}: {cur['describe']} after {ev['s']}s (worker {w['id']} killed)")
-            if why == "timeout":
+            if why == "timeout" and not w["long"]:
                 self.dead_cells.add(c)
             w["current"] = None
 
@@ -591,9 +604,14 @@ class Parent:
         left = [c for c in w["cells"] if c not in self.dead_cells
                 and not any(e.get("cell") == c and (e["ev"] == "error" or (e["ev"] == "result" and not e["ok"]))
                             for e in self.events)]
-        if w["long"]:
-            return  # its problems are in a fixed order; not repeated
-        if not left or self.deadline - time.time() < 20:
+        if self.deadline - time.time() < 20 or self.spawns.get(w["key"], 0) >= 4:
+            return
+        if w["long"]:  # the fixed list, less the problems already tried
+            tried = {e["problem"] for e in self.events if e.get("w") in self.long_ids and "problem" in e}
+            nw = self.spawn(w["key"], [], long=True, skip_problems=sorted(tried))
+            self.long_ids.add(nw["id"])
+            return
+        if not left:
             return
         left.sort(key=lambda c: self.covered(c))  # uncovered cells first
         self.spawn(w["key"], left)
@@ -728,7 +746,11 @@ class Parent:
             by[(r["backend"], r["property"], r["long_n"])] = by.get((r["backend"], r["property"], r["long_n"]), {})
             by[(r["backend"], r["property"], r["long_n"])][r["dtype"]] = r
         print(f"{'backend':13s} {'property':20s} " + " ".join(f"{d:>17s}" for d in DTYPES))
+        omitted = 0
         for (b, p, long), dd in by.items():
+            if all(r["status"] == "n/a" for r in dd.values()):
+                omitted += 1
+                continue
             cols = []
             for d in DTYPES:
                 r = dd.get(d)
@@ -745,12 +767,20 @@ class Parent:
         counts = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-        print("cells:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), flush=True)
+        print("cells:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+              f"({omitted} rows all n/a not shown; every cell in harness_gpu.json)")
+        bad = [f"{r['backend']}/{r['property']}/{r['dtype']}{'/long' if r['long_n'] else ''}" for r in rows
+               if r["status"] in ("FAIL", "timeout")]
+        if bad:
+            print("FAIL/timeout cells:", " ".join(bad))
+        nr = [f"{r['backend']}/{r['property']}/{r['dtype']}{'/long' if r['long_n'] else ''}" for r in rows
+              if r["status"] == "not run"]
+        if nr:
+            print("not run:", " ".join(nr))
+        sys.stdout.flush()
 
     def main(self) -> int:
         signal.signal(signal.SIGTERM, self._sigterm)
-        self.long_ids = set()
-        self.long_list = []
         try:
             import torch
 
@@ -795,9 +825,11 @@ class Parent:
                     if why:
                         self.na[c] = why
                         continue
-                    families.setdefault(f"{name}:{d}", (COST[name], []))[1].append(c)
+                    # a family shares kernels (a Triton backend in one dtype); cuda compiles nothing
+                    key = "cuda:all" if name == "cuda" else f"{name}:{d}"
+                    families.setdefault(key, (COST[name], []))[1].append(c)
         cores = os.cpu_count() or 2
-        n_workers = int(os.environ.get("HARNESS_WORKERS", str(max(2, min(15, cores - 1)))))
+        n_workers = int(os.environ.get("HARNESS_WORKERS", str(max(2, min(15, cores - 1)))))  # + parent, build
         long = LONG_N and "triton" in self.caps and "float16" in self.caps["triton"]["dtypes"]
         n_long = 1 if long else 0
         parts = plan(families, max(1, n_workers - n_long))
