@@ -49,6 +49,10 @@ __all__ = ["dense_backward", "DQ_CONFIGS", "DKDV_CONFIGS", "DKDV_SPLIT_CONFIGS",
 # (rows, cols, num_warps, num_stages); rows = the block a program owns.
 # Kept small: every config costs a compile (seconds each) the first time a shape is seen.
 DQ_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3)]
+#: float32 adds (128, 64, 8, 2): with operands split once (tf32x3s) (128, 64, 8, 3) needs
+#: 256 KiB of shared memory compiled for sm_90 (over the 227 KiB limit); two stages need
+#: 192 KiB (191 registers, no spills).
+DQ_CONFIGS_WIDE = DQ_CONFIGS + [(128, 64, 8, 2)]
 #: (64, 16, 4, 3) is there for float32 (tf32x3): compiled for sm_90 at D = 64 it is the one
 #: dk/dv config without spills (run 2's seed winner (64, 32, 4, 3) spills 56 B, (64, 64) 1144 B).
 DKDV_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 16, 4, 3)]
@@ -432,6 +436,7 @@ if HAVE_TRITON:
         tl.store(p_dm, (b_dm * scale).to(dm.dtype.element_ty), mask=m_n[:, None] & m_m[None, :])
 
     _dq_tuned = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS, "BN", "BM", _pruner("dq", "BN", "BM"))
+    _dq_tuned_wide = _autotuned(_dense_bwd_dq_kernel, DQ_CONFIGS_WIDE, "BN", "BM", _pruner("dq", "BN", "BM"))
     _DKDV_KEY = ["N", "M", "BD", "BE", "HAS_MASK", "CAUSAL", "DECAY", "PRECISION", "NEED_DK", "NEED_DV"]
     _dkdv_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_CONFIGS, "BM", "BN", _pruner("dkdv", "BM", "BN"),
                              key=_DKDV_KEY)
@@ -510,7 +515,7 @@ def dense_backward(
         n_part = triton.cdiv(N, _min_rows(configs))
         ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
         launch(
-            _dense_bwd_dq_kernel, _dq_tuned,
+            _dense_bwd_dq_kernel, _dq_tuned_wide if q.element_size() >= 4 else _dq_tuned,
             lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq,
                  dm=dmask if fuse_dm else q, ds=ds_part, NI=n_part, **mask_args, **common_args,
