@@ -27,6 +27,10 @@ if not common.INTERPRET and not torch.cuda.is_available():
     )
 
 from linattn.backends.triton import dense, dense_bwd  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from linattn.backends.triton.common import split_tf32  # noqa: E402
 
 pytestmark = pytest.mark.interpreter
 DEVICE = "cpu" if common.INTERPRET else "cuda"
@@ -525,3 +529,106 @@ def test_float32_dot_precision_default_and_overrides(monkeypatch):
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "fp64")
     with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3', 'tf32'\), got 'fp64'"):
         dot_precision(torch.float32)
+
+
+# -- float32 paths of issue 4: operands split once (tf32x3s), dk and dv as two programs -----------
+
+FP32_PATH_CASES = [
+    # B, H, Hkv, N, M, D, E, mask shape, causal, decay
+    (2, 4, 2, 37, 21, 20, 12, (1, 1, 37, 21), False, False),  # dense mask, GQA, N != M
+    (1, 4, 1, 33, 33, 60, 9, (1, 4, 33, 33), False, False),  # per-head mask (dM fused in dq), MQA, odd D/E
+    (1, 4, 2, 65, 65, 60, 17, (1, 1, 65, 65), True, False),  # dense x causal
+    (2, 2, 1, 47, 47, 16, 16, (1, 2, 47, 47), False, True),  # dense x decay, slopes gradient
+]
+
+
+@triton.jit
+def _tf32_halves(x, y, z, PRECISION: tl.constexpr, N: tl.constexpr):
+    o = tl.arange(0, N)
+    hi, lo = split_tf32(tl.load(x + o), PRECISION)
+    tl.store(y + o, hi)
+    tl.store(z + o, lo)
+
+
+@pytest.mark.parametrize("tf32x3,dkdv", [("split", "split"), ("split", "joint"), ("triton", "split")])
+@pytest.mark.parametrize("case", FP32_PATH_CASES, ids=[_id(c) for c in FP32_PATH_CASES])
+def test_float32_paths_match_float64(case, tf32x3, dkdv, monkeypatch):
+    """LINATTN_TRITON_DENSE_TF32X3=split (the kernels split each float32 tile into TF32
+    halves once and issue the three TF32 products themselves) and LINATTN_TRITON_DENSE_DKDV=
+    split (dk and dv from two launches) give every output and gradient within the float32
+    band. Under the interpreter the split halves are formed exactly as on a GPU (bit
+    rounding) and their products are exact, so this checks the split arithmetic itself."""
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", tf32x3)
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_DKDV", dkdv)
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "split")  # causal/decay through the dk/dv kernel too
+    launches = _record_launches(monkeypatch)
+    B, H, Hkv, N, M, D, E, ms, causal, decay = case
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=11)
+    got = run(p, torch.float32, BACKEND, causal=causal)
+    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
+    check_float32(got, want)
+    dkdv_flags = [(f["NEED_DK"], f["NEED_DV"]) for n, f in launches if n == "_dense_bwd_dkdv_kernel"]
+    assert dkdv_flags == ([(True, False), (False, True)] if dkdv == "split" else [(True, True)]), launches
+
+
+def test_float32_split_dk_only_and_dv_only(monkeypatch):
+    """With dk/dv split, a backward that needs only one of them launches only that one."""
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_DKDV", "split")
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", "split")
+    launches = _record_launches(monkeypatch)
+    p = make_problem(1, 2, 1, 33, 33, 16, 16, (1, 1, 33, 33), seed=3)
+    got = run(p, torch.float32, BACKEND, grads=("v",))
+    want = run(p, torch.float64, "reference", device="cpu", grads=("v",))
+    check_float32(got, want)
+    assert [(f["NEED_DK"], f["NEED_DV"]) for n, f in launches if n == "_dense_bwd_dkdv_kernel"] == [(False, True)]
+
+
+def test_tf32_split_halves():
+    """common.split_tf32: both halves exact in TF32 (13 low mantissa bits zero), hi + lo = x
+    to 2^-22 relative over the float32 range, |lo| <= 2^-11 |x| (hi rounded to nearest; near
+    the float32 maximum truncated, so a finite x (the maximum included) gives finite halves),
+    inf stays inf in hi."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, generator=g) * torch.exp2(torch.randint(-120, 120, (1000,), generator=g).float())
+    fmax = torch.finfo(torch.float32).max
+    special = torch.tensor([fmax, -fmax, 1.0 + 2 ** -11, 1.0 + 3 * 2 ** -12, -(1.0 + 2 ** -11), 0.0, -0.0, 2.0 ** -126,
+                            float("inf"), -float("inf")])
+    x = torch.cat([x, special, torch.zeros(1024 - 1000 - special.numel())]).to(DEVICE)
+    hi, lo = torch.empty_like(x), torch.empty_like(x)
+    _tf32_halves[(1,)](x, hi, lo, common.PRESPLIT, 1024)
+    x, hi, lo = x.cpu(), hi.cpu(), lo.cpu()
+    assert ((hi.view(torch.int32) & 0x1FFF) == 0).all() and ((lo.view(torch.int32) & 0x1FFF) == 0).all()
+    fin = torch.isfinite(x)
+    assert torch.isfinite(hi[fin]).all() and torch.isfinite(lo[fin]).all()
+    normal = fin & (x.abs() >= 2.0 ** -100)
+    xd = x[normal].double()
+    assert ((xd - hi[normal].double() - lo[normal].double()).abs() <= 2.0 ** -22 * xd.abs()).all()
+    inner = normal & (x.abs() < 2.0 ** 127)  # next to the maximum hi is truncated instead: |lo| < 2^-10 |x|
+    assert (lo[inner].double().abs() <= 2.0 ** -11 * x[inner].double().abs()).all()
+    assert (lo[normal].double().abs() < 2.0 ** -10 * xd.abs()).all()
+    assert hi[1002].item() == 1.0 + 2 ** -10  # a tie rounds away from zero (cvt.rna)
+    assert hi[1008].item() == float("inf") and hi[1009].item() == -float("inf")
+
+
+def test_float32_path_knobs_say_expected_and_got(monkeypatch):
+    from linattn.backends.triton.dense_bwd import dkdv_mode
+    from linattn.backends.triton.dense_fwd import dot_precision
+
+    monkeypatch.delenv("LINATTN_TRITON_FP32_DOT", raising=False)
+    saved = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", "split")
+        assert dot_precision(torch.float32) == common.PRESPLIT
+        assert dot_precision(torch.bfloat16) == "tf32"
+        monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")  # an explicit precision wins
+        assert dot_precision(torch.float32) == "ieee"
+        monkeypatch.delenv("LINATTN_TRITON_FP32_DOT")
+        monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", "cutlass")
+        with pytest.raises(ValueError, match=r"LINATTN_TRITON_DENSE_TF32X3 must be one of \('triton', 'split'\), got 'cutlass'"):
+            dot_precision(torch.float32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_DKDV", "both")
+    with pytest.raises(ValueError, match=r"LINATTN_TRITON_DENSE_DKDV must be one of \('joint', 'split'\), got 'both'"):
+        dkdv_mode()
