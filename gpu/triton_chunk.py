@@ -1,43 +1,36 @@
 #!/usr/bin/env python3
 """GPU check and timing of the linear-time Triton kernels (issue 5), in one budgeted run.
 
-    CHUNK_BUDGET_S=170 python3 gpu/triton_chunk.py      # JSON to $OUT/triton_chunk.json
+    CHUNK_BUDGET_S=230 python3 gpu/triton_chunk.py      # JSON to $OUT/triton_chunk.json
     CHUNK_DRYRUN=1 TRITON_INTERPRET=1 python3 gpu/triton_chunk.py   # the script's logic on a CPU
 
-Order (every item is caught and logged, the JSON is rewritten after each record, items
-that would start after the budget are listed as skipped):
+Every item is caught and logged, the JSON is rewritten after each record, items that
+would start after the budget are listed as skipped. Three phases (run 7 lost the schedule
+sweep: the warm-up wait took 203 s, mostly a 150 s long-N check and fla's autotuning):
 
-0. compile warmers. Compiling is the budget's main cost on a fresh machine (fla autotunes
-   up to 48 configs per kernel: 88 s in run 2). At the start the script launches helper
-   processes (``--warm ours|misc|fla128|fla64``) that make the timed calls once each, so
-   that Triton's on-disk cache holds every kernel before anything is timed. The main
-   process waits for them (at most CHUNK_WARM_WAIT_S, default 0.6·budget; stragglers are
-   killed) before it times anything. fla still autotunes in the main process over all of
-   its configs on an idle GPU (the helpers run with FLA_CACHE_RESULTS=0, so their choices,
-   made on a shared GPU, are never reused): only compilation is shared, the baseline is
-   not handicapped. CHUNK_WARMERS=0 turns the helpers off.
-1. a tiny correctness check: ours (bf16, decay, D = 128, gradients of q, k, v) against
-   float64 (linattn's ``chunked`` backend on the GPU), and whether the eager call path
-   synchronises with the host (``torch.cuda.set_sync_debug_mode("error")``);
-2. while the warmers run (correctness needs no idle GPU): the harness's properties at long
-   N (16385, 32768) -- ``backward`` (o, final state, every gradient), ``state_split``,
-   ``varlen`` -- inside the harness's bands, against the float64 oracle run by the O(N)
-   ``chunked`` backend on the GPU (the quadratic reference does not fit at N = 32768), and
-   the slopes' gradient at N = 32768 against the same oracle; what does not fit in the
-   wait window runs after the timings;
-3. copy bandwidth (1 GiB device-to-device copy, read + write), the roofline;
-4. fla's first call on the target shape (its autotuning, timed on its own), then fla
-   against float64 and against ours at B2·H16·N1024·D128;
-5. timings (median of ``triton.testing.do_bench``), bf16 decay, D = E, forward and
-   forward+backward, ours (default schedule) vs fla's ``chunk_simple_gla`` vs
-   ``lightning_attn_func`` on B4·H16·N8192·D128, B8·H16·N2048·D128, B1·H16·N32768·D128,
-   B8·H32·N2048·D64, with bytes and fraction of the copy bandwidth; for ours (and fla) on
-   the target shape also the host time per call (launches only, no sync) and one
-   synchronised call;
-6. schedule variants of ours on B4·H16·N8192·D128 (``VARIANTS``), to pick the default;
-7. the long-N checks that did not fit in step 2, then the fused decode step
-   (B64·H16·D=E=128, float32 state) against the state read + write time at the copy
-   bandwidth.
+A. correctness window (until CHUNK_WARM_WAIT_S, default min(70, 0.3·budget)). Helper
+   processes (``--warm ours|misc|fla128|fla64``) make the calls the main process will time,
+   once each, so that Triton's on-disk cache holds the kernels: ours (the four shapes, then
+   every variant), lightning-attn, fla (autotuning with FLA_CACHE_RESULTS=0: its choices,
+   made on a shared GPU, are never reused). Meanwhile the main process only checks
+   correctness (the GPU is shared): ours against float64 (bf16 decay, D = 128, gradients;
+   no host sync on the eager path), every forward variant's o against float64 at a ragged
+   N, and the harness's long-N properties (``backward``, ``state_split``, ``varlen`` at
+   N = 16385 and 32768 against the O(N) float64 ``chunked`` oracle, and the slopes'
+   gradient at N = 32768), each only if its expected time (``LONG_N_COST``, from run 7)
+   fits before the window closes; the others run at the end.
+B. the GPU to ourselves: the ours/misc helpers are awaited (killed at the window's end),
+   fla's helpers are killed (what they compiled stays cached). Copy bandwidth; ours
+   (default schedule) and lightning-attn on B4·H16·N8192·D128, B8·H16·N2048·D128,
+   B1·H16·N32768·D128, B8·H32·N2048·D64 (bf16 decay, D = E, fwd and fwd+bwd, median of
+   ``triton.testing.do_bench``, bytes and fraction of the copy bandwidth; host time per
+   call on the target); then the schedule sweep of ours on the target shape (``VARIANTS``,
+   each with its o difference from the default; FWD_ONLY variants time the forward only).
+C. fla's ``chunk_simple_gla``: its first call on the target shape (autotuning in this
+   process on an idle GPU, over all of its configs: the baseline is not handicapped),
+   then its timings on the four shapes (target first), fla and ours against float64 and
+   each other (B2·H16·N1024·D128), the long-N checks left over, the fused decode step
+   (B64·H16·D=E=128, float32 state) against the state read + write time.
 
 Bytes counted (every tensor crosses HBM once, 2 bytes per bf16 element):
 forward = q + k + v + o; forward+backward = forward + q + k + v + do + dq + dk + dv.
@@ -54,12 +47,11 @@ import traceback
 import types
 
 T_START = time.time()
-BUDGET = float(os.environ.get("CHUNK_BUDGET_S", "170"))
+BUDGET = float(os.environ.get("CHUNK_BUDGET_S", "230"))
 DRY = os.environ.get("CHUNK_DRYRUN") == "1"
 DEV = "cpu" if DRY else "cuda"
-WARM_WAIT = float(os.environ.get("CHUNK_WARM_WAIT_S", str(0.6 * BUDGET)))
+WARM_WAIT = float(os.environ.get("CHUNK_WARM_WAIT_S", str(min(70.0, 0.3 * BUDGET))))
 USE_WARMERS = os.environ.get("CHUNK_WARMERS", "1") != "0"
-LONG_N_ITEM_S = 12.0  # what one long-N property check is expected to take (for the wait window)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -78,32 +70,58 @@ SHAPES = [  # (name, B, H, N, D) with E = D, Hkv = H; the issue's four, the targ
     ("B1-H16-N32768-D128", 1, 16, 32768, 128),
     ("B8-H32-N2048-D64", 8, 32, 2048, 64),
 ]
-# Schedules of ours timed on the target shape (chunk_config overrides; "default" = heuristic).
+# Schedules of ours timed on the target shape (chunk_config overrides; "default" = heuristic),
+# most informative first (a budget cut drops the tail). FWD_ONLY variants change only the
+# forward kernels: their fwd+bwd is not timed.
 # Earlier H200 figures (v1, B4·H16·N8192, fwd / fwd+bwd ms): fused 0.436/1.670, 1024-token
 # splits 0.484/1.613, fused-bv32 0.574/1.690, fused-w8 0.549/1.660, one chunk per split 1.794/2.780.
+# v3 on sm_90 (ptxas, CPU compile; output kernel, bf16 decay D=E=128, BV=64, 4 warps): 247
+# registers, 0 spills, 88 KB shared memory with 2 stages: one program per SM, and with 2
+# stages the next chunk's loads are issued at the end of the loop body and awaited at the
+# start of the next (nothing hides their latency); 3 stages put them one chunk further ahead.
 VARIANTS = {
     "fused": dict(split=-1, bwd_split=-1),
+    # the likeliest new defaults, from the sm_90 compile facts (3-stage forward, dk/dv without spills)
+    "s3peel-dkvw8": dict(fwd_stages=3, fwd_peel=1, bwd_dkv_warps=8),
+    "s3peel-w8": dict(fwd_stages=3, fwd_peel=1, bwd_warps=8),
+    "stages3": dict(fwd_stages=3, bwd_stages=3),
+    "fwd-peel": dict(fwd_peel=1),
+    "fwd-s3-peel": dict(fwd_stages=3, fwd_peel=1),
+    "fwd-s3-peel-early": dict(fwd_stages=3, fwd_peel=1, fwd_early=1),
+    "fwd-early": dict(fwd_early=1),
+    "fwd-s4-peel": dict(fwd_stages=4, fwd_peel=1),
+    "fwd-w8-s3-peel": dict(fwd_warps=8, fwd_stages=3, fwd_peel=1),
+    "fwd-w8-peel": dict(fwd_warps=8, fwd_peel=1),
+    "fused-w8-s3": dict(split=-1, bwd_split=-1, fwd_warps=8, fwd_stages=3, bwd_stages=3),
+    # backward on sm_90 (ptxas): dk/dv 4 warps 255 registers + 344 B spills (3 stages: 488 B),
+    # 8 warps 193 (196 with 3 stages), no spills; dq 4 warps 254 / 0 (3 stages: 40 B), 8 warps 198 / 0
+    "bwd-dkvw8": dict(bwd_dkv_warps=8),
+    "bwd-w8": dict(bwd_warps=8),
+    "bwd-dkvw8-s3": dict(bwd_dkv_warps=8, bwd_dkv_stages=3),
+    "bwd-w8-s3": dict(bwd_warps=8, bwd_stages=3),
+    "bwd-s3": dict(bwd_stages=3),
+    "chunk128": dict(chunk=128, fwd_warps=8, bwd_warps=8),
     "split1024": dict(split=1024, bwd_split=1024),
     "split512": dict(split=512, bwd_split=512),
-    "chunk128": dict(chunk=128, fwd_warps=8, bwd_warps=8),
-    "stages3": dict(fwd_stages=3, bwd_stages=3),
+    # two splits per sequence: 256 output programs, two per SM (247 registers x 128 threads, 88 KB)
+    "fwd-split4096-peel": dict(split=4096, fwd_peel=1),
     "split2048-bwdfused": dict(split=2048, bwd_split=-1),
-    "split256": dict(split=256, bwd_split=256),
-    "fused-w8-s3": dict(split=-1, bwd_split=-1, fwd_warps=8, fwd_stages=3, bwd_stages=3),
-    # one stage: ~half the shared memory per program (q, k, v tiles of 40 KB per stage at
-    # D = 128), so more programs fit on an SM when splits give enough of them
-    "split1024-s1": dict(split=1024, bwd_split=1024, fwd_stages=1, bwd_stages=1),
-    "split512-s1": dict(split=512, bwd_split=512, fwd_stages=1, bwd_stages=1),
     # all E channels in one program: q and k read once per head instead of once per slice
     "fused-bv128-w8": dict(split=-1, bwd_split=-1, fwd_bv=128, fwd_warps=8),
+    "fwd-split4096-bv128-w8-s3-peel": dict(split=4096, fwd_bv=128, fwd_warps=8, fwd_stages=3, fwd_peel=1),
     "split2048-bv128-w8": dict(split=2048, bwd_split=2048, fwd_bv=128, fwd_warps=8),
-    "split1024-bv128-w8": dict(split=1024, bwd_split=1024, fwd_bv=128, fwd_warps=8),
+    "split256": dict(split=256, bwd_split=256),
+    # one stage: ~half the shared memory per program, more programs per SM with splits
+    "split1024-s1": dict(split=1024, bwd_split=1024, fwd_stages=1, bwd_stages=1),
 }
+FWD_ONLY = {n for n in VARIANTS if n.startswith("fwd-")}
 if DRY:
     SHAPES = [(f"dry-{n}", 1, 2, 40, 16) for n, *_ in SHAPES]
     VARIANTS = {k: ({**v, "split": 16, "bwd_split": 16} if v.get("split", 0) > 0 else dict(v))
                 for k, v in VARIANTS.items()}
     VARIANTS["chunk128"] = dict(chunk=32)
+    VARIANTS["fwd-split4096-peel"] = dict(split=16, fwd_peel=1)
+    VARIANTS["fwd-split4096-bv128-w8-s3-peel"] = dict(split=16, fwd_bv=16, fwd_stages=3, fwd_peel=1)
 
 
 def log(*a):
@@ -296,15 +314,17 @@ def warm(name: str):
             steps.append((f"fla {sname}", run))
         if name == "fla128":  # the correctness check's call (final state: other kernels)
             steps.append(("fla vs-fla check", lambda: check_vs_fla(record=False)))
-    elif name == "ours":
-        for sname, B, H, N, D in SHAPES:
-            for vname, cfg in [("default", {})] + (list(VARIANTS.items()) if sname == SHAPES[0][0] else []):
-                def run(B=B, H=H, N=N, D=D, cfg=cfg):
-                    fwd, fwdbwd, _ = ours_calls(*inputs(B, H, N, D), cfg=cfg)
-                    with torch.no_grad():
-                        fwd()
+    elif name == "ours":  # in the order the main process times them
+        plan = [(SHAPES[i], "default", {}) for i in range(len(SHAPES))]
+        plan += [(SHAPES[0], vname, cfg) for vname, cfg in VARIANTS.items()]
+        for (sname, B, H, N, D), vname, cfg in plan:
+            def run(B=B, H=H, N=N, D=D, cfg=cfg, fwd_only=vname in FWD_ONLY):
+                fwd, fwdbwd, _ = ours_calls(*inputs(B, H, N, D), cfg=cfg)
+                with torch.no_grad():
+                    fwd()
+                if not fwd_only:
                     fwdbwd()
-                steps.append((f"ours[{vname}] {sname}", run))
+            steps.append((f"ours[{vname}] {sname}", run))
         def final_state_call():  # ours as check_vs_fla calls it (final state: other kernels)
             import linattn
 
@@ -313,6 +333,12 @@ def warm(name: str):
             o, S = linattn.linear_attention(*x, decay=s, output_final_state=True, backend="triton")
             torch.autograd.grad(o, x, do)
         steps.append(("ours with final state", final_state_call))
+    elif name == "fla-dry":  # the dry run's stand-in for fla's warmers: a long CPU job to pause and kill
+        def spin():
+            t_end = time.time() + 120
+            while time.time() < t_end:
+                time.sleep(0.2)
+        steps.append(("spin 120 s", spin))
     elif name == "misc":
         LIGHTNING = _import_lightning() if not DRY else None
         for sname, B, H, N, D in SHAPES:
@@ -335,14 +361,15 @@ def warm(name: str):
             log(f"warm {name}: {sname} FAILED {type(e).__name__}: {str(e)[:300]}")
 
 
-WARMERS = []
+WARMERS = {}  # name -> dict(p=Popen, logf=file, t0=start time, done=bool)
+FLA_WARMERS = ("fla128", "fla64", "fla-dry")
 
 
 def _stop_warmers(*_):
     """Never leave a helper behind (at exit, or when the stage's timeout sends SIGTERM)."""
-    for _, p, _, _ in WARMERS:
-        if p.poll() is None:
-            p.kill()
+    for w in WARMERS.values():
+        if w["p"].poll() is None:
+            w["p"].kill()  # our own child, by its handle
     save()
 
 
@@ -355,29 +382,45 @@ def start_warmers():
     out = os.environ.get("OUT") or "/tmp"
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, FLA_CACHE_RESULTS="0", PYTHONUNBUFFERED="1")
-    names = ["ours", "misc"] + ([] if DRY else ["fla128", "fla64"])
+    names = ["ours", "misc"] + (["fla-dry"] if DRY else ["fla128", "fla64"])
     for name in names:
         logf = open(os.path.join(out, f"warm_{name}.log"), "w")
         p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--warm", name],
                              stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        WARMERS.append((name, p, logf, time.time()))
+        WARMERS[name] = dict(p=p, logf=logf, t0=time.time(), done=False)
     log(f"warmers started: {names}")
 
 
-def wait_warmers():
-    deadline = T_START + WARM_WAIT
-    for name, p, logf, t0 in WARMERS:
-        left = deadline - time.time()
-        try:
-            rc = p.wait(timeout=max(0.1, left))
-            status = f"rc={rc}"
-        except subprocess.TimeoutExpired:
-            p.kill()  # our own helper, by its handle
-            p.wait(timeout=10)
-            status = "killed at the wait deadline"
-        logf.close()
-        add("warmers", {"name": name, "status": status, "seconds": round(time.time() - t0, 1)})
-        log(f"   warmer {name}: {status} after {time.time() - t0:.0f}s")
+def warmers_running(names) -> bool:
+    return any(n in WARMERS and WARMERS[n]["p"].poll() is None for n in names)
+
+
+def finish_warmers(names, deadline_s=None, kill=False):
+    """Wait for the named helpers until T_START + deadline_s (or kill them at once); a
+    helper still running then is killed. Triton's disk cache keeps what it compiled."""
+    for name in names:
+        w = WARMERS.get(name)
+        if w is None or w["done"]:
+            continue
+        p = w["p"]
+        status = None
+        if not kill:
+            try:
+                status = f"rc={p.wait(timeout=max(0.1, T_START + deadline_s - time.time()))}"
+            except subprocess.TimeoutExpired:
+                pass
+        if status is None:
+            if p.poll() is None:
+                p.kill()  # our own helper, by its handle
+                p.wait(timeout=10)
+                status = "killed (its compiled kernels stay in the disk cache)"
+            else:
+                status = f"rc={p.returncode}"
+        w["logf"].close()
+        w["done"] = True
+        add("warmers", {"name": name, "status": status, "seconds": round(time.time() - w["t0"], 1),
+                        "t": round(elapsed(), 1)})
+        log(f"   warmer {name}: {status} after {time.time() - w['t0']:.0f}s")
 
 
 # -- 1. correctness, small ---------------------------------------------------------------------------------
@@ -417,6 +460,33 @@ def check_small(B=2, H=16, N=1024, D=128, record=True):
         return
     add("correctness", row)
     log("  ", {k_: (f"{v_:.2e}" if isinstance(v_, float) else v_) for k_, v_ in row.items()})
+
+
+def check_variants_small(B=2, H=16, N=1061, D=128):
+    """Each forward variant's o against float64 (bf16 decay, a ragged last chunk: N = 16·64 + 37),
+    on the kernels the timings use (N is not specialised), next to the default's error."""
+    import linattn
+
+    if DRY:
+        B, H, N, D = 1, 2, 37, 16
+    q, k, v, do, s = inputs(B, H, N, D, seed=16)
+    o64 = linattn.linear_attention(q.double(), k.double(), v.double(), decay=s.double(), backend="chunked")
+    floor = rel(o64.to(torch.bfloat16), o64)
+    base = None
+    for vname, cfg in [("default", {})] + [(n, c) for n, c in VARIANTS.items() if n in FWD_ONLY]:
+        if elapsed() > BUDGET:
+            RESULTS["skipped"].append(f"small check ours[{vname}]")
+            continue
+        try:
+            err = rel(ours_calls(q, k, v, do, s, cfg=cfg)[0](), o64)
+            base = err if vname == "default" else base
+            row = add("correctness", dict(shape=f"B{B}-H{H}-N{N}-D{D}", dtype="bfloat16", mask="decay",
+                                          impl=f"ours[{vname}]", config=cfg, o_err=err, o_rounding_floor=floor,
+                                          ok=err < 2e-2 and (base is None or err < 2 * base + floor)))
+            log(f"   ours[{vname}] o vs float64 {err:.2e} (default {base if base is not None else float('nan'):.2e},"
+                f" bf16 rounding {floor:.2e}) {'ok' if row['ok'] else 'BAD'}")
+        except Exception as e:  # noqa: BLE001
+            error(f"small check ours[{vname}]", e)
 
 
 # -- 2. copy bandwidth ------------------------------------------------------------------------------------------
@@ -530,10 +600,12 @@ def host_time(shape, impl, fn, n=20):
         f" synchronised call {row['synced_call_ms']:.3f} ms")
 
 
-def time_ours(shape, B, H, N, D, vname, cfg, host=False):
+def time_ours(shape, B, H, N, D, vname, cfg, host=False, fwd_only=False):
     fwd, fwdbwd, xs = ours_calls(*inputs(B, H, N, D), cfg=cfg)
     impl = f"ours[{vname}]"
     record(shape, impl, "fwd", bench(fwd), B, H, N, D)
+    if fwd_only:
+        return
     record(shape, impl, "fwd+bwd", bench(fwdbwd, xs), B, H, N, D)
     if host:
         host_time(shape, impl + " fwd", fwd)
@@ -585,7 +657,7 @@ def time_variants():
             diff = rel(ours_calls(*x, cfg=cfg)[0](), o_default)  # a schedule changes rounding only
             add("variant_checks", dict(shape=shape, impl=f"ours[{vname}]", config=cfg, o_rel_diff_vs_default=diff))
             log(f"   ours[{vname}] o vs default: {diff:.1e}")
-            time_ours(shape, B, H, N, D, vname, cfg)
+            time_ours(shape, B, H, N, D, vname, cfg, fwd_only=vname in FWD_ONLY)
         except Exception as e:  # noqa: BLE001
             error(f"time {shape} ours[{vname}]", e)
 
@@ -769,11 +841,20 @@ def env():
     log("env:", e)
 
 
+# Expected seconds of the long-N checks (run 7, H200, GPU shared with the compile helpers),
+# so that the correctness window starts only what fits; the rest runs after the timings.
+LONG_N_COST = [8, 30, 5, 150, 15]
+DSLOPES_COST = 15
+
+
 def main():
     global FLA, LIGHTNING
     if not DRY and not torch.cuda.is_available():
         log("no CUDA device: nothing to do (CHUNK_DRYRUN=1 TRITON_INTERPRET=1 checks the script on a CPU)")
         return
+    # A. correctness window: helpers compile ours (default shapes, then every variant),
+    #    lightning-attn and fla (autotune) into Triton's disk cache; the GPU is shared, so
+    #    only checks run here, never timings.
     if USE_WARMERS:
         item("start warmers", start_warmers)
     item("env", env)
@@ -783,30 +864,31 @@ def main():
     RESULTS["env"]["fla"] = FLA is not None
     RESULTS["env"]["lightning_attn"] = LIGHTNING is not None
     item("small correctness", check_small)
-    # Correctness at long N needs no idle GPU: it runs while the warmers compile (the GPU
-    # is shared then), as long as the wait allows; the rest comes after the timings.
-    checks = [(f"{prop} {p.describe()}", check_property, (prop, p)) for prop, p in long_n_problems(tiny=DRY)]
-    checks.append(("dslopes long N", check_dslopes, (70, 2, 16) if DRY else ()))
+    item("small correctness of the forward variants", check_variants_small)
+    checks = [(f"{prop} {p.describe()}", check_property, (prop, p), cost)
+              for (prop, p), cost in zip(long_n_problems(tiny=DRY), LONG_N_COST)]
+    checks.append(("dslopes long N", check_dslopes, (70, 2, 16) if DRY else (), DSLOPES_COST))
     later = []
-    for name, fn, args in checks:
-        if WARMERS and elapsed() + LONG_N_ITEM_S < WARM_WAIT and any(p.poll() is None for _, p, _, _ in WARMERS):
+    for name, fn, args, cost in checks:
+        if WARMERS and elapsed() + cost < WARM_WAIT and warmers_running(WARMERS):
             item(name, fn, *args)
         else:
             later.append((name, fn, args))
+    # B. the GPU to ourselves: fla's helpers stop (what they compiled stays cached), ours
+    #    and lightning-attn are compiled; the four shapes, then the sweep on the target.
     if WARMERS:
-        item("wait for warmers", wait_warmers)
+        item("wait for ours/misc warmers", finish_warmers, ("ours", "misc"), WARM_WAIT)
+        item("stop fla warmers", finish_warmers, FLA_WARMERS, kill=True)
     item("copy bandwidth", copy_bandwidth)
-    # Ours and lightning-attn first: fla's first call per shape autotunes for minutes on a cold
-    # machine (run 6: 149 s at D=128, 121 s at D=64), and a stage cut off there must still
-    # bring back the other figures.
     for shape in SHAPES:
         item(f"time {shape[0]}", time_shape, *shape)
+    item("variants", time_variants)
+    # C. fla: autotunes in this process on an idle GPU (target shape first), then the rest.
     if FLA is not None:
         item("fla first call", fla_first_call)
-        item("vs fla", check_vs_fla, reserve=5)
         for shape in SHAPES:
             item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",))
-    item("variants", time_variants)
+        item("vs fla", check_vs_fla, reserve=20)
     for name, fn, args in later:
         item(name, fn, *args, reserve=5)
     item("decode", time_decode, *((2, 2, 16, 16) if DRY else ()))

@@ -67,10 +67,16 @@ class ChunkConfig:
     bwd_split    the same for the backward pass
     fwd_bv       output kernel: E channels per program (it holds all of D)
     fwd_warps, fwd_stages        num_warps / num_stages of the output kernel
+    fwd_peel     1: the output kernel runs full chunks with their decay factors computed
+                 once and no row masks, a partial last chunk after the loop (0: v3's loop)
+    fwd_early    1: the output kernel issues the state product before the intra-chunk one
     state_bk, state_bv, state_warps   the split-state kernel's tile and warps
     bwd_bk       dq and dk kernels: D channels per program (they hold all of E)
     bwd_bv       dv kernel: E channels per program (it holds all of D)
     bwd_warps, bwd_stages        num_warps / num_stages of the three backward kernels
+    bwd_dkv_warps, bwd_dkv_stages    the same for the dk/dv launch alone (0: as above); on
+                 sm_90 (ptxas, bf16 decay D = E = 128) that launch spills 344 bytes at 4 warps
+                 and none at 8 (193 registers)
     """
 
     chunk: int = 0
@@ -79,6 +85,8 @@ class ChunkConfig:
     fwd_bv: int = 0
     fwd_warps: int = 0
     fwd_stages: int = 0
+    fwd_peel: int = 0
+    fwd_early: int = 0
     state_bk: int = 0
     state_bv: int = 0
     state_warps: int = 0
@@ -86,6 +94,8 @@ class ChunkConfig:
     bwd_bv: int = 0
     bwd_warps: int = 0
     bwd_stages: int = 0
+    bwd_dkv_warps: int = 0
+    bwd_dkv_stages: int = 0
 
 
 _local = threading.local()
@@ -325,7 +335,8 @@ def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output
         H=H, G=G, HDIV=hdiv, D=D, E=E, BT=BT, BK=BK, BV=BV,
         CAUSAL=causal, DECAY=slopes is not None, USE_INIT=h_init is not None,
         STORE_FINAL_STATE=ht is not None, IS_VARLEN=cu_seqlens is not None,
-        F64=q.dtype == torch.float64, num_warps=warps, num_stages=stages, **_dot_flags(q.dtype),
+        F64=q.dtype == torch.float64, PEEL=bool(cfg.fwd_peel), EARLY_STATE=bool(cfg.fwd_early),
+        num_warps=warps, num_stages=stages, **_dot_flags(q.dtype),
     )
     return o, ht
 
@@ -397,9 +408,10 @@ def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: flo
         HDIV=hdiv, BK=BK, BE=BE, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
         SLOPE_GRAD=slope_grad, FINE=slope_grad and q.dtype in (torch.float16, torch.bfloat16), **common_kw,
     )
+    dkv_kw = dict(common_kw, num_warps=cfg.bwd_dkv_warps or warps, num_stages=cfg.bwd_dkv_stages or stages)
     chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
         q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
-        BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **common_kw,
+        BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **dkv_kw,
     )
     if G > 1:  # sum each group's heads, in a fixed order
         dk = dk.view(B, Hkv, G, N, D).sum(2).to(q.dtype)

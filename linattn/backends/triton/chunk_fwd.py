@@ -250,6 +250,57 @@ if HAVE_TRITON:
 
     # -- outputs --------------------------------------------------------------------------
 
+    @triton.jit
+    def _o_chunk(
+        q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
+        o_a, o_d, o_e, m_d, m_e,
+        D: tl.constexpr, E: tl.constexpr, BT: tl.constexpr,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr, EVEN: tl.constexpr, EARLY_STATE: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    ):
+        """One chunk i_t of the output kernel: stores o_t, returns S_t.
+
+        b_h: S_{t-1}; b_dq [BT] λ^(a+1); b_dm [BT, BT] Dm; b_kw [BT] λ^(L-1-b) and b_lam
+        λ^L for this chunk's L valid tokens (DECAY; unused otherwise). EVEN: all BT rows
+        are valid (no row masks). EARLY_STATE: issue the state product kᵀ(λ ⊙ v) before
+        the intra-chunk one (the state is the only value carried to the next chunk).
+        """
+        o_t = i_t * BT + o_a
+        if EVEN:
+            m_qk = m_d[None, :]
+            m_ve = m_e[None, :]
+        else:
+            m_t = o_t < T
+            m_qk = m_t[:, None] & m_d[None, :]
+            m_ve = m_t[:, None] & m_e[None, :]
+        p_q = q + (i_q + o_t[:, None]) * D + o_d[None, :]
+        b_q = tl.load(p_q, mask=m_qk, other=0.0)  # [BT, BK]
+        # -- inter-chunk: what the previous chunks left in S
+        b_o = dot(b_q, to_operand(b_h, b_q, UPCAST), PRECISION, UPCAST)  # [BT, BV]
+        if CAUSAL:
+            p_k = k + (i_kv + o_t[:, None]) * D + o_d[None, :]
+            p_v = v + (i_kv + o_t[:, None]) * E + o_e[None, :]
+            b_k = tl.load(p_k, mask=m_qk, other=0.0)  # [BT, BK]
+            b_v = tl.load(p_v, mask=m_ve, other=0.0)  # [BT, BV]
+            # -- intra-chunk: the chunk's own scores, weighted by Dm
+            b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST) * b_dm  # [BT, BT]
+            if DECAY:
+                b_o = b_o * b_dq[:, None]
+                b_vw = to_operand(b_v * b_kw[:, None], b_v, UPCAST)  # [BT, BV]
+                b_h = b_h * b_lam
+            else:
+                b_vw = b_v
+            # -- S_t = λ^L S_{t-1} + kᵀ (λ^(L-1-b) ⊙ v)
+            if EARLY_STATE:
+                b_h += dot(tl.trans(b_k), b_vw, PRECISION, UPCAST)  # [BK, BV]
+                b_o += dot(to_operand(b_A, b_v, UPCAST), b_v, PRECISION, UPCAST)
+            else:
+                b_o += dot(to_operand(b_A, b_v, UPCAST), b_v, PRECISION, UPCAST)
+                b_h += dot(tl.trans(b_k), b_vw, PRECISION, UPCAST)  # [BK, BV]
+        p_o = o + (i_q + o_t[:, None]) * E + o_e[None, :]
+        tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_ve)
+        return b_h
+
     @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
     def chunk_fwd_kernel_o(
         q, k, v, o, slopes, h_init, ht, split_index, cu_seqlens, scale, N, NCS, NS,
@@ -259,6 +310,7 @@ if HAVE_TRITON:
         CAUSAL: tl.constexpr, DECAY: tl.constexpr, USE_INIT: tl.constexpr,
         STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
+        PEEL: tl.constexpr = False, EARLY_STATE: tl.constexpr = False,
     ):
         """o for one split of one (sequence, head), channels [i_v·BV, i_v·BV + BV) of E.
 
@@ -266,6 +318,10 @@ if HAVE_TRITON:
         sequence that is the initial state), or, without CAUSAL, the whole kᵀv per
         (sequence, k/v head) (HDIV = G: state head h // G). The state S [BK, BV] rides in
         registers from chunk to chunk; the last split stores S_N when asked.
+
+        PEEL: the full chunks run first with their decay factors (λ^(BT-1-b), λ^BT) computed
+        once before the loop and no row masks; a partial last chunk runs after the loop.
+        Without PEEL every chunk computes its own factors and masks (v3's loop).
         """
         tl.static_assert(BK >= D, "one program holds all D channels of q and k")
         NV = tl.cdiv(E, BV)
@@ -293,6 +349,10 @@ if HAVE_TRITON:
         if USE_INIT:
             p_h = h_init + (i_state * D + o_d[:, None]) * E + o_e[None, :]
             b_h += tl.load(p_h, mask=m_de, other=0.0).to(b_h.dtype)
+        # placeholders where a mask kind needs no factor (never read)
+        b_s = 0.0
+        b_dq = 0.0
+        b_dm = 0.0
         if DECAY:
             b_s = tl.load(slopes + i_h)
             b_dq = query_decay(b_s, BT)  # [BT] λ^(a+1)
@@ -300,32 +360,36 @@ if HAVE_TRITON:
         elif CAUSAL:
             b_dm = intra_decay(0.0, BT, False, False)  # [BT, BT] lower triangle
 
-        for i_t in range(t0, t1):
-            o_t = i_t * BT + o_a
-            m_t = o_t < T
-            p_q = q + (i_q + o_t[:, None]) * D + o_d[None, :]
-            b_q = tl.load(p_q, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BK]
-            # -- inter-chunk: what the previous chunks left in S
-            b_o = dot(b_q, to_operand(b_h, b_q, UPCAST), PRECISION, UPCAST)  # [BT, BV]
-            if CAUSAL:
-                p_k = k + (i_kv + o_t[:, None]) * D + o_d[None, :]
-                p_v = v + (i_kv + o_t[:, None]) * E + o_e[None, :]
-                b_k = tl.load(p_k, mask=m_t[:, None] & m_d[None, :], other=0.0)  # [BT, BK]
-                b_v = tl.load(p_v, mask=m_t[:, None] & m_e[None, :], other=0.0)  # [BT, BV]
-                # -- intra-chunk: the chunk's own scores, weighted by Dm
-                b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST) * b_dm  # [BT, BT]
+        if PEEL:
+            t_even = tl.maximum(tl.minimum(t1, T // BT), t0)  # chunks [t0, t_even) are full
+            b_kw = 0.0
+            b_lam = 0.0
+            if DECAY:
+                b_kw = key_decay(b_s, BT, BT)  # [BT] λ^(BT-1-b)
+                b_lam = tl.exp(-b_s * BT)  # λ^BT (BT > 0: 0 for s = inf, 1 for s = 0)
+            for i_t in range(t0, t_even):
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, True, EARLY_STATE,
+                               PRECISION, UPCAST)
+            for i_t in tl.range(t_even, t1, num_stages=1):  # at most one partial chunk: no prefetch
+                if DECAY:
+                    L = T - i_t * BT
+                    b_kw = key_decay(b_s, L, BT)
+                    b_lam = pow_decay(b_s, L)
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, EARLY_STATE,
+                               PRECISION, UPCAST)
+        else:
+            for i_t in range(t0, t1):
+                b_kw = 0.0
+                b_lam = 0.0
                 if DECAY:
                     L = tl.minimum(BT, T - i_t * BT)
-                    b_o = b_o * b_dq[:, None]
-                    b_vw = to_operand(b_v * key_decay(b_s, L, BT)[:, None], b_v, UPCAST)  # [BT, BV]
-                    b_h = b_h * pow_decay(b_s, L)
-                else:
-                    b_vw = b_v
-                b_o += dot(to_operand(b_A, b_v, UPCAST), b_v, PRECISION, UPCAST)
-                # -- S_t = λ^L S_{t-1} + kᵀ (λ^(L-1-b) ⊙ v)
-                b_h += dot(tl.trans(b_k), b_vw, PRECISION, UPCAST)  # [BK, BV]
-            p_o = o + (i_q + o_t[:, None]) * E + o_e[None, :]
-            tl.store(p_o, (b_o * scale).to(p_o.dtype.element_ty), mask=m_t[:, None] & m_e[None, :])
+                    b_kw = key_decay(b_s, L, BT)  # [BT] λ^(L-1-b)
+                    b_lam = pow_decay(b_s, L)
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, EARLY_STATE,
+                               PRECISION, UPCAST)
 
         if STORE_FINAL_STATE:
             if t1 * BT >= T:  # the last split of its sequence holds S_N
