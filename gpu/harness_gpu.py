@@ -639,7 +639,7 @@ class Parent:
                     continue
                 self.read(w)
                 cur = w["current"]
-                if cur is not None and now - cur["t"] > PROBLEM_CAP_S:
+                if cur is not None and now - cur["t"] > PROBLEM_CAP_S * (1.5 if w["long"] else 1.0):
                     self.kill(w, "timeout")
                     w["rc"] = w["proc"].returncode
                     self.respawn(w)
@@ -769,6 +769,12 @@ class Parent:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         print("cells:", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
               f"({omitted} rows all n/a not shown; every cell in harness_gpu.json)")
+        maxn = {}
+        for r in rows:
+            if r.get("max_n"):
+                k = r["backend"] + (" N>=16384" if r["long_n"] else "")
+                maxn[k] = max(maxn.get(k, 0), r["max_n"])
+        print("largest N run:", ", ".join(f"{k} {v}" for k, v in maxn.items()))
         bad = [f"{r['backend']}/{r['property']}/{r['dtype']}{'/long' if r['long_n'] else ''}" for r in rows
                if r["status"] in ("FAIL", "timeout")]
         if bad:
@@ -776,7 +782,7 @@ class Parent:
         nr = [f"{r['backend']}/{r['property']}/{r['dtype']}{'/long' if r['long_n'] else ''}" for r in rows
               if r["status"] == "not run"]
         if nr:
-            print("not run:", " ".join(nr))
+            print(f"not run ({len(nr)}):", " ".join(nr[:30]) + (f" ... and {len(nr) - 30} more" if len(nr) > 30 else ""))
         sys.stdout.flush()
 
     def main(self) -> int:
@@ -876,6 +882,7 @@ class Parent:
 
 
 def build_main() -> int:
+    os.environ.setdefault("LINATTN_CUDA_VERBOSE", "1")
     import torch
 
     from linattn.backends.cuda import loader
