@@ -1,6 +1,6 @@
 """The float32 seed example through triton_dense, one variant of the float32 path at a time.
 
-    python3 gpu/dense_fp32.py                 # on a GPU: ~60-80 s on an H100/H200, JSON to $OUT/dense_fp32.json
+    python3 gpu/dense_fp32.py                 # on a GPU: ~75-90 s on an H100/H200, JSON to $OUT/dense_fp32.json
     TRITON_INTERPRET=1 python3 gpu/dense_fp32.py   # no GPU: the same logic at a tiny size (a dry run)
 
 Problem (issue 4): float32 B16 H12 N1024 D64, 0/1 mask [1, 1, N, N], forward and
@@ -16,14 +16,16 @@ one process; every one autotunes on its first call, about 10-15 s of compiles):
 3. ``tt+split``      Triton's tf32x3, dk and dv as two programs
 4. ``split+joint``   operands split once, one dk/dv program
 5. ``tf32+split``    single TF32 products (the opt-in), dk/dv as two programs (for scale)
+6. ``bf16x6+split``  Triton's bf16x6 (six bf16 products per product, the cost of tf32x3 on
+                     tensor cores, fewer operand bytes), dk/dv as two programs
 
 Per variant: fwd and fwd+bwd ms (median, triton.testing.do_bench), GPU ms per kernel
 (torch.profiler), the autotuner's picks, peak memory of fwd+bwd against the reference's,
 and the max error of o, dq, dk, dv against float64 on a B2 H4 N1024 slice (relative to the
 largest float64 magnitude; the float32 ``reference`` error on the same slice is the yardstick).
 
-Budget: DENSE_FP32_BUDGET_S (default 85) seconds; a variant starts only when at least
-DENSE_FP32_NEED_S (default 15) remain; a watchdog writes the JSON and exits at budget + 20 s.
+Budget: DENSE_FP32_BUDGET_S (default 75) seconds; a variant starts only when at least
+DENSE_FP32_NEED_S (default 15) remain; a watchdog writes the JSON and exits at budget + 15 s (run_all: stage limit 100 s).
 Every item catches and records its exception. The JSON is rewritten after every figure.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 
 T0 = time.time()
-BUDGET_S = float(os.environ.get("DENSE_FP32_BUDGET_S", "85"))
+BUDGET_S = float(os.environ.get("DENSE_FP32_BUDGET_S", "75"))
 NEED_S = float(os.environ.get("DENSE_FP32_NEED_S", "15"))
 RES: dict = {"errors": [], "variants": {}, "budget_s": BUDGET_S}
 _LOCK = threading.Lock()
@@ -54,6 +56,7 @@ VARIANTS = [
     ("tt+split", dict(LINATTN_TRITON_DENSE_TF32X3="triton", LINATTN_TRITON_DENSE_DKDV="split")),
     ("split+joint", dict(LINATTN_TRITON_DENSE_TF32X3="split", LINATTN_TRITON_DENSE_DKDV="joint")),
     ("tf32+split", dict(LINATTN_TRITON_FP32_DOT="tf32", LINATTN_TRITON_DENSE_DKDV="split")),
+    ("bf16x6+split", dict(LINATTN_TRITON_FP32_DOT="bf16x6", LINATTN_TRITON_DENSE_DKDV="split")),
 ]
 
 
@@ -74,7 +77,7 @@ def save():
 
 
 def watchdog():
-    """Never hang past the budget: write what there is and leave."""
+    """Never hang past the budget (+15 s): write what there is and leave."""
     def fire():
         RES["errors"].append({"item": "watchdog", "error": f"still running at {time.time() - T0:.0f} s; exiting"})
         try:
@@ -82,7 +85,7 @@ def watchdog():
         finally:
             print("[watchdog] budget + 20 s passed: exiting", flush=True)
             os._exit(3)
-    t = threading.Timer(BUDGET_S + 20, fire)
+    t = threading.Timer(BUDGET_S + 15, fire)
     t.daemon = True
     t.start()
 

@@ -44,7 +44,7 @@ run_one() {  # run_one STAGE: the stage's limit comes from LIMIT_<stage> when se
       python3 -c "import fla, lightning_attn; print('fla', fla.__version__, 'lightning_attn ok')" 2>&1 | tail -1
       ;;
     dense)   stage dense "${LIMIT_dense:-240}" python3 gpu/triton_dense.py ;;
-    densefp32) stage densefp32 "${LIMIT_densefp32:-110}" python3 gpu/dense_fp32.py ;;
+    densefp32) stage densefp32 "${LIMIT_densefp32:-100}" python3 gpu/dense_fp32.py ;;
     chunk)   stage chunk "${LIMIT_chunk:-300}" python3 gpu/triton_chunk.py ;;
     cuda)    stage cuda "${LIMIT_cuda:-240}" python3 gpu/cuda_ext.py ;;
     sanitize) stage sanitize "${LIMIT_sanitize:-150}" bash gpu/cuda_sanitize.sh ;;

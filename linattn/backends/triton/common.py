@@ -60,7 +60,9 @@ def require() -> None:
 UPCAST_DOTS = INTERPRET
 
 
-_FP32_DOTS = ("ieee", "tf32x3", "tf32")
+#: bf16x6 (Triton: each float32 operand as three bfloat16 parts, six bf16 products) is there
+#: to be timed against tf32x3 (same tensor-core cost); it is nobody's default.
+_FP32_DOTS = ("ieee", "tf32x3", "tf32", "bf16x6")
 
 
 def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
@@ -69,7 +71,7 @@ def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
     close to float32 accuracy on tensor cores) unless the caller opted in to TF32
     (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it.
 
-    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides the float32 choice.
+    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 | bf16x6 overrides the float32 choice.
     """
     if dtype != torch.float32:
         return "tf32"
