@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU check and timing of the linear-time Triton kernels (issue 5), in one budgeted run.
 
-    CHUNK_BUDGET_S=230 python3 gpu/triton_chunk.py      # JSON to $OUT/triton_chunk.json
+    CHUNK_BUDGET_S=240 python3 gpu/triton_chunk.py      # JSON to $OUT/triton_chunk.json
     CHUNK_DRYRUN=1 TRITON_INTERPRET=1 python3 gpu/triton_chunk.py   # the script's logic on a CPU
 
 Every item is caught and logged, the JSON is rewritten after each record, items that
@@ -18,19 +18,22 @@ A. correctness window (until CHUNK_WARM_WAIT_S, default min(70, 0.3·budget)). H
    N, and the harness's long-N properties (``backward``, ``state_split``, ``varlen`` at
    N = 16385 and 32768 against the O(N) float64 ``chunked`` oracle, and the slopes'
    gradient at N = 32768), each only if its expected time (``LONG_N_COST``, from run 7)
-   fits before the window closes; the others run at the end.
+   fits before the window closes; the others run at the end if they fit in the budget.
 B. the GPU to ourselves: the ours/misc helpers are awaited (killed at the window's end),
    fla's helpers are killed (what they compiled stays cached). Copy bandwidth; ours
    (default schedule) and lightning-attn on B4·H16·N8192·D128, B8·H16·N2048·D128,
    B1·H16·N32768·D128, B8·H32·N2048·D64 (bf16 decay, D = E, fwd and fwd+bwd, median of
    ``triton.testing.do_bench``, bytes and fraction of the copy bandwidth; host time per
    call on the target); then the schedule sweep of ours on the target shape (``VARIANTS``,
-   each with its o difference from the default; FWD_ONLY variants time the forward only).
+   each with its o difference from the default; FWD_ONLY variants time the forward only),
+   until CHUNK_FLA_RESERVE_S (default 90) before the budget's end.
 C. fla's ``chunk_simple_gla``: its first call on the target shape (autotuning in this
    process on an idle GPU, over all of its configs: the baseline is not handicapped),
-   then its timings on the four shapes (target first), fla and ours against float64 and
-   each other (B2·H16·N1024·D128), the long-N checks left over, the fused decode step
-   (B64·H16·D=E=128, float32 state) against the state read + write time.
+   then its timings on the four shapes (target first); the candidate default (the sweep's
+   best forward knobs + best backward knobs) on the four shapes; fla and ours against float64 and
+   each other (B2·H16·N1024·D128), the fused decode step (B64·H16·D=E=128, float32 state)
+   against the state read + write time, and the long-N checks left over (each only if its
+   expected time fits in the budget).
 
 Bytes counted (every tensor crosses HBM once, 2 bytes per bf16 element):
 forward = q + k + v + o; forward+backward = forward + q + k + v + do + dq + dk + dv.
@@ -47,9 +50,12 @@ import traceback
 import types
 
 T_START = time.time()
-BUDGET = float(os.environ.get("CHUNK_BUDGET_S", "230"))
+BUDGET = float(os.environ.get("CHUNK_BUDGET_S", "240"))
 DRY = os.environ.get("CHUNK_DRYRUN") == "1"
 DEV = "cpu" if DRY else "cuda"
+# the sweep stops here so that fla's first call (autotuning) and its target-shape timings
+# still fit inside the budget
+FLA_RESERVE = float(os.environ.get("CHUNK_FLA_RESERVE_S", "90"))
 WARM_WAIT = float(os.environ.get("CHUNK_WARM_WAIT_S", str(min(70.0, 0.3 * BUDGET))))
 USE_WARMERS = os.environ.get("CHUNK_WARMERS", "1") != "0"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,7 +86,6 @@ SHAPES = [  # (name, B, H, N, D) with E = D, Hkv = H; the issue's four, the targ
 # stages the next chunk's loads are issued at the end of the loop body and awaited at the
 # start of the next (nothing hides their latency); 3 stages put them one chunk further ahead.
 VARIANTS = {
-    "fused": dict(split=-1, bwd_split=-1),
     # the likeliest new defaults, from the sm_90 compile facts (3-stage forward, dk/dv without spills)
     "s3peel-dkvw8": dict(fwd_stages=3, fwd_peel=1, bwd_dkv_warps=8),
     "s3peel-w8": dict(fwd_stages=3, fwd_peel=1, bwd_warps=8),
@@ -113,6 +118,7 @@ VARIANTS = {
     "split256": dict(split=256, bwd_split=256),
     # one stage: ~half the shared memory per program, more programs per SM with splits
     "split1024-s1": dict(split=1024, bwd_split=1024, fwd_stages=1, bwd_stages=1),
+    "fused": dict(split=-1, bwd_split=-1),  # the default's schedule on this shape (a control)
 }
 FWD_ONLY = {n for n in VARIANTS if n.startswith("fwd-")}
 if DRY:
@@ -649,8 +655,9 @@ def time_variants():
     shape, B, H, N, D = SHAPES[0]
     x = inputs(B, H, N, D)
     o_default = ours_calls(*x)[0]()
+    until = BUDGET - (FLA_RESERVE if FLA is not None else 0.0)
     for vname, cfg in VARIANTS.items():
-        if elapsed() > BUDGET:
+        if elapsed() > until:
             RESULTS["skipped"].append(f"{shape}/ours[{vname}]")
             continue
         try:
@@ -660,6 +667,42 @@ def time_variants():
             time_ours(shape, B, H, N, D, vname, cfg, fwd_only=vname in FWD_ONLY)
         except Exception as e:  # noqa: BLE001
             error(f"time {shape} ours[{vname}]", e)
+
+
+def candidate_config():
+    """The sweep's best forward knobs joined with its best backward knobs (target shape):
+    fwd_*/split/chunk-free variants ranked by forward time, bwd_*-only ones by fwd+bwd."""
+    shape = SHAPES[0][0]
+    ms = {(r["impl"], r["mode"]): r["ms"] for r in RESULTS["timings"] if r["shape"] == shape}
+
+    def best(keys_ok, mode):
+        pool = [("default", {})] + [(n, c) for n, c in VARIANTS.items() if c and all(keys_ok(k) for k in c)]
+        pool = [(ms[(f"ours[{n}]", mode)], n, c) for n, c in pool if (f"ours[{n}]", mode) in ms]
+        return min(pool, key=lambda t: t[0]) if pool else (None, "default", {})
+
+    f = best(lambda k: k.startswith("fwd_"), "fwd")
+    b = best(lambda k: k.startswith("bwd_"), "fwd+bwd")
+    return {**f[2], **b[2]}, f"fwd from {f[1]}, bwd from {b[1]}"
+
+
+def time_candidate():
+    """The candidate default (``candidate_config``) on all four shapes, next to the default."""
+    cfg, why = candidate_config()
+    RESULTS["env"]["candidate"] = dict(config=cfg, picked=why)
+    log(f"   candidate default {cfg} ({why})")
+    if not cfg:
+        return
+    for shape, B, H, N, D in SHAPES:
+        if elapsed() > BUDGET:
+            RESULTS["skipped"].append(f"{shape}/ours[candidate]")
+            continue
+        try:
+            x = inputs(B, H, N, D)
+            diff = rel(ours_calls(*x, cfg=cfg)[0](), ours_calls(*x)[0]())
+            add("variant_checks", dict(shape=shape, impl="ours[candidate]", config=cfg, o_rel_diff_vs_default=diff))
+            time_ours(shape, B, H, N, D, "candidate", cfg)
+        except Exception as e:  # noqa: BLE001
+            error(f"time {shape} ours[candidate]", e)
 
 
 # -- 6. properties at long N ----------------------------------------------------------------------------------------
@@ -828,7 +871,7 @@ def env():
     global CARD
     e = RESULTS["env"]
     e.update(torch=torch.__version__, triton=triton.__version__, budget_s=BUDGET, dry=DRY,
-             warmers=USE_WARMERS, warm_wait_s=WARM_WAIT)
+             warmers=USE_WARMERS, warm_wait_s=WARM_WAIT, fla_reserve_s=FLA_RESERVE)
     if not DRY:
         p = torch.cuda.get_device_properties(0)
         CARD = torch.cuda.get_device_name()
@@ -873,7 +916,7 @@ def main():
         if WARMERS and elapsed() + cost < WARM_WAIT and warmers_running(WARMERS):
             item(name, fn, *args)
         else:
-            later.append((name, fn, args))
+            later.append((name, fn, args, cost))
     # B. the GPU to ourselves: fla's helpers stop (what they compiled stays cached), ours
     #    and lightning-attn are compiled; the four shapes, then the sweep on the target.
     if WARMERS:
@@ -884,14 +927,21 @@ def main():
         item(f"time {shape[0]}", time_shape, *shape)
     item("variants", time_variants)
     # C. fla: autotunes in this process on an idle GPU (target shape first), then the rest.
+    #    D = 128 shapes reuse the target's compiled kernels; D = 64 compiles anew (run 7: 18.6 s
+    #    with part of it cached), so it comes after the candidate default's timings.
+    fla_shapes = [sh for sh in SHAPES if sh[4] == SHAPES[0][4]]
     if FLA is not None:
         item("fla first call", fla_first_call)
-        for shape in SHAPES:
+        for shape in fla_shapes:
+            item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",))
+    item("candidate default on the four shapes", time_candidate)
+    if FLA is not None:
+        for shape in [sh for sh in SHAPES if sh not in fla_shapes]:
             item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",))
         item("vs fla", check_vs_fla, reserve=20)
-    for name, fn, args in later:
-        item(name, fn, *args, reserve=5)
     item("decode", time_decode, *((2, 2, 16, 16) if DRY else ()))
+    for name, fn, args, cost in later:  # only what fits (the fp32 varlen check took 150 s in run 7)
+        item(name, fn, *args, reserve=cost)
     summary()
     save()
 
