@@ -12,9 +12,9 @@ start; the cuda workers start when it is done. Correctness needs no idle GPU.
 
 Each worker first covers each of its cells with one problem of a fixed shape per worker
 (so kernels compiled for one cell serve the next), then the same shape at N = 4093/4095
-per cell (no new compile), then random problems (block edges and primes for N, odd head dims, every mask kind
-and broadcast shape, GQA/MQA, state, varlen, gradients) always giving the next problem to
-the cell that has used the least time. A cell stops at its first failure. A ``triton``
+per cell (no new compile), then random problems (block edges and primes for N up to 4096,
+odd head dims, every mask kind and broadcast shape, GQA/MQA, state, varlen, gradients),
+always giving the next problem to the cell that has used the least time. A cell stops at its first failure. A ``triton``
 long-N worker runs one problem at N >= 16384 per chunk property (the float64 oracle is
 then the O(N) ``chunked`` backend, verified against the reference in tests/).
 
@@ -27,7 +27,10 @@ replacement for that worker's other cells while time remains; a worker whose CUD
 context broke exits and is replaced the same way. Workers append one JSON line per event
 to ``$OUT/harness_parts/w*.jsonl``; the parent rewrites ``$OUT/harness_gpu.json`` every
 few seconds, so a run cut off keeps what it has. SIGTERM (the stage's timeout) makes the
-parent write the table and exit.
+parent write the table and exit. The nvcc build is never killed mid-way (SIGTERM lets it
+release torch's build lock).
+
+    python3 gpu/harness_gpu.py --selftest   # no GPU: every cell's draws valid, the plan complete
 
 Environment (defaults in brackets):
   HARNESS_BUDGET_S [140]       wall seconds for the whole script, startup to table
