@@ -27,8 +27,9 @@ replacement for that worker's other cells while time remains; a worker whose CUD
 context broke exits and is replaced the same way. Workers append one JSON line per event
 to ``$OUT/harness_parts/w*.jsonl``; the parent rewrites ``$OUT/harness_gpu.json`` every
 few seconds, so a run cut off keeps what it has. SIGTERM (the stage's timeout) makes the
-parent write the table and exit. The nvcc build is never killed mid-way (SIGTERM lets it
-release torch's build lock).
+parent write the table and exit. A cuda build still running at the end gets SIGTERM, on
+which it unwinds and releases torch's build lock (a killed build would leave the lock, and
+every later load would wait on it).
 
     python3 gpu/harness_gpu.py --selftest   # no GPU: every cell's draws valid, the plan complete
 
