@@ -441,11 +441,11 @@ def test_smem_estimate_covers_what_an_h100_required():
     # bfloat16 D = 96, E = 160 (tiles 128, 256), dM kernel (64, 128, 8, 3): "Required: 294912"
     assert smem_estimate("dmask", 2, 64, 128, 128, 256, 3) >= 294912
     assert 237568 > H100_SMEM and 294912 > H100_SMEM  # both rightly refused by the estimate
-    with pytest.raises(ValueError, match="kind must be fwd, dq, dkdv, fused or dmask, got 'bwd'"):
+    with pytest.raises(ValueError, match="kind must be fwd, dq, dkdv, dkdv1, fused or dmask, got 'bwd'"):
         smem_estimate("bwd", 2, 64, 64, 64, 64, 3)
 
 
-@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv", "fused", "dmask"])
+@pytest.mark.parametrize("kind", ["fwd", "dq", "dkdv", "dkdv1", "fused", "dmask"])
 def test_every_head_size_has_a_config_that_fits(kind):
     """D, E from 1 to 256 in every dtype: the launcher's chain (fixed config, then the
     fallbacks) holds a config inside the H100 limit by the estimate, for every kernel."""

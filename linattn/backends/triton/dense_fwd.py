@@ -133,7 +133,13 @@ def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, B
     their operands K-major): forward (64, 32, 4, 2) at 256/256 took 1.22x and dk/dv
     (32, 32, 4, 1) 1.33x the plain count, so those count 1.5x.
 
-    kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "fused" (dkdv then dq in one
+    The dk-only / dv-only programs ("dkdv1") hold one accumulator: float32 at D = 64 compiled
+    for sm_90 with Triton's tf32x3 dv-only (64, 64, 4, 3) took 160 KiB, with operands split
+    once (128, 64, 8, 2) 192 KiB and (128, 32, 8, 3) 160 KiB (these three exactly this or
+    below), (64, 64, 4, 3) split once 192 KiB (above it: a compile that fails, not a wrong
+    prune).
+
+    kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "dkdv1" (k or v), "fused" (dkdv then dq in one
     program: the sum of both, an upper bound), "dmask" (nothing resident, all four tiles
     pipelined over the (b, h) pairs).
     """
@@ -146,12 +152,14 @@ def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, B
         n = rows * (BD + BE) + cols_tiles + 2 * score
     elif kind == "dkdv":
         n = rows * (BD + BE) + cols_tiles + (4 if wide else 2) * score
+    elif kind == "dkdv1":  # a dk-only or dv-only program (LINATTN_TRITON_DENSE_DKDV=split)
+        n = rows * (BD + BE) + cols_tiles + (3 if wide else 2) * score
     elif kind == "fused":  # the dk/dv walk then the dq walk in one program: counted as both
         n = (rows * (BD + BE) + cols_tiles + (4 if wide else 2) * score) + (rows * (BD + BE) + cols_tiles + 2 * score)
     elif kind == "dmask":
         n = stages * (rows + cols) * (BD + BE) + score
     else:
-        raise ValueError(f"kind must be fwd, dq, dkdv, fused or dmask, got {kind!r}")
+        raise ValueError(f"kind must be fwd, dq, dkdv, dkdv1, fused or dmask, got {kind!r}")
     if wide and max(BD, BE) >= 128:
         n = n * 3 // 2
     return bytes_per_el * n
