@@ -31,9 +31,9 @@ C. fla's ``chunk_simple_gla``: its first call on the target shape (autotuning in
    process on an idle GPU, over all of its configs: the baseline is not handicapped),
    then its timings on the four shapes (target first); the candidate default (the sweep's
    best forward knobs + best backward knobs) on the four shapes; fla and ours against float64 and
-   each other (B2·H16·N1024·D128), the fused decode step (B64·H16·D=E=128, float32 state)
-   against the state read + write time, and the long-N checks left over (each only if its
-   expected time fits in the budget).
+   each other (B2·H16·N1024·D128), and the long-N checks left over (each only if its
+   expected time fits in the budget). The fused decode step (B64·H16·D=E=128, float32
+   state, against the state read + write time) runs at the end of B.
 
 Bytes counted (every tensor crosses HBM once, 2 bytes per bf16 element):
 forward = q + k + v + o; forward+backward = forward + q + k + v + do + dq + dk + dv.
@@ -97,6 +97,8 @@ VARIANTS = {
     "fwd-s4-peel": dict(fwd_stages=4, fwd_peel=1),
     "fwd-w8-s3-peel": dict(fwd_warps=8, fwd_stages=3, fwd_peel=1),
     "fwd-w8-peel": dict(fwd_warps=8, fwd_peel=1),
+    # 32 channels per program: 256 programs, 170 registers: two per SM (the loads of one hide behind the other)
+    "fwd-bv32-s3-peel": dict(fwd_bv=32, fwd_stages=3, fwd_peel=1),
     "fused-w8-s3": dict(split=-1, bwd_split=-1, fwd_warps=8, fwd_stages=3, bwd_stages=3),
     # backward on sm_90 (ptxas): dk/dv 4 warps 255 registers + 344 B spills (3 stages: 488 B),
     # 8 warps 193 (196 with 3 stages), no spills; dq 4 warps 254 / 0 (3 stages: 40 B), 8 warps 198 / 0
@@ -126,6 +128,7 @@ if DRY:
     VARIANTS = {k: ({**v, "split": 16, "bwd_split": 16} if v.get("split", 0) > 0 else dict(v))
                 for k, v in VARIANTS.items()}
     VARIANTS["chunk128"] = dict(chunk=32)
+    VARIANTS["fwd-bv32-s3-peel"] = dict(fwd_bv=16, fwd_stages=3, fwd_peel=1)
     VARIANTS["fwd-split4096-peel"] = dict(split=16, fwd_peel=1)
     VARIANTS["fwd-split4096-bv128-w8-s3-peel"] = dict(split=16, fwd_bv=16, fwd_stages=3, fwd_peel=1)
 
@@ -671,7 +674,8 @@ def time_variants():
 
 def candidate_config():
     """The sweep's best forward knobs joined with its best backward knobs (target shape):
-    fwd_*/split/chunk-free variants ranked by forward time, bwd_*-only ones by fwd+bwd."""
+    variants with only fwd_*/split knobs ranked by forward time, those with only bwd_* knobs
+    by forward+backward time (the default competes in both)."""
     shape = SHAPES[0][0]
     ms = {(r["impl"], r["mode"]): r["ms"] for r in RESULTS["timings"] if r["shape"] == shape}
 
@@ -680,8 +684,8 @@ def candidate_config():
         pool = [(ms[(f"ours[{n}]", mode)], n, c) for n, c in pool if (f"ours[{n}]", mode) in ms]
         return min(pool, key=lambda t: t[0]) if pool else (None, "default", {})
 
-    f = best(lambda k: k.startswith("fwd_"), "fwd")
-    b = best(lambda k: k.startswith("bwd_"), "fwd+bwd")
+    f = best(lambda k: k.startswith("fwd_") or k == "split", "fwd")
+    b = best(lambda k: k.startswith("bwd_"), "fwd+bwd")  # bwd_split included
     return {**f[2], **b[2]}, f"fwd from {f[1]}, bwd from {b[1]}"
 
 
@@ -926,6 +930,7 @@ def main():
     for shape in SHAPES:
         item(f"time {shape[0]}", time_shape, *shape)
     item("variants", time_variants)
+    item("decode", time_decode, *((2, 2, 16, 16) if DRY else ()))  # ~2 s, on an idle GPU
     # C. fla: autotunes in this process on an idle GPU (target shape first), then the rest.
     #    D = 128 shapes reuse the target's compiled kernels; D = 64 compiles anew (run 7: 18.6 s
     #    with part of it cached), so it comes after the candidate default's timings.
@@ -936,10 +941,9 @@ def main():
             item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",))
     item("candidate default on the four shapes", time_candidate)
     if FLA is not None:
-        for shape in [sh for sh in SHAPES if sh not in fla_shapes]:
-            item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",))
+        for shape in [sh for sh in SHAPES if sh not in fla_shapes]:  # fla autotunes anew at D = 64
+            item(f"time fla {shape[0]}", time_baselines, *shape, ("fla",), reserve=30)
         item("vs fla", check_vs_fla, reserve=20)
-    item("decode", time_decode, *((2, 2, 16, 16) if DRY else ()))
     for name, fn, args, cost in later:  # only what fits (the fp32 varlen check took 150 s in run 7)
         item(name, fn, *args, reserve=cost)
     summary()
