@@ -14,9 +14,10 @@ $OUT/cuda_ext.json is rewritten after every item. float32 is on by default since
    float32 and bfloat16 kernel files in the background, and their register / spill lines
    are printed once the build is done;
 2. the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]): fwd and fwd+bwd
-   with CUDA events (median) and peak memory, cuda vs reference, plus cuda with the v3 host
-   path (two ``ninja --version`` subprocesses per forward, what run 6 timed), and the
-   per-kernel profile (torch.profiler) of cuda and reference;
+   with CUDA events (median) and peak memory, cuda vs reference, plus cuda with the v3
+   float32 kernel (LINATTN_CUDA_FP32_PRESPLIT=0: every warp splits b and c itself) and with
+   the v3 host path (two ``ninja --version`` subprocesses per forward, what run 6 timed), and
+   the per-kernel profiles (torch.profiler) of cuda (v4 and v3 kernel) and reference;
 3. float32 correctness on the 15 problem kinds of CASES, in the harness bands
    (linattn.testing.bands: e <= 4 x the error of the plain formula in float32 + floor): o
    and every gradient, with the error, the formula's own error (e_ref) and the band fraction;
@@ -443,16 +444,21 @@ def replay_one_term(path, ffma):
     log(f"replay {rec['id']} ffma={rec['ffma']}: {'PASS' if rec['pass'] else 'FAIL'} {detail}")
 
 
+#: timing variants of backend cuda: name -> (backend, environment, ninja subprocesses per call)
+VARIANTS = {
+    "cuda-v3kernel": ("cuda", {"LINATTN_CUDA_FP32_PRESPLIT": "0"}, 0),  # float32: v3's per-warp splits
+    "cuda-v3host": ("cuda", {}, 2),  # the v3 loader's two `ninja --version` per forward (what run 6 timed)
+    "cuda-ffma": ("cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}, 0),  # every float32 product on FFMA
+}
+
+
 def timing(label, B, H, N, D, dtype, backends, reps):
     """Each backend in turn; every row is recorded (and saved) as soon as it is measured."""
     rows = []
     for be in backends:
         if not afford(f"timing/{label}/{be}", 3):
             continue
-        tax, name = (2, "cuda") if be == "cuda-v3host" else (0, be)
-        env = {}
-        if be == "cuda-ffma":  # every float32 product on FFMA (Fp32FmaEngine)
-            name, env = "cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}
+        name, env, tax = VARIANTS.get(be, (be, {}, 0))
         os.environ.update(env)
         try:
             r = guarded("timing", f"{label}/{be}")(time_backend)(name, B, H, N, D, dtype, reps=reps, host_tax=tax)
@@ -539,9 +545,17 @@ def main():
 
     # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
     if afford("timing/seed fp32", 8):
-        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v3host"], reps=10)
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v3kernel", "cuda-v3host"],
+               reps=10)
     if afford("profile/seed fp32", 5):
         guarded("profile", "seed fp32/cuda")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
+    if afford("profile/seed fp32/v3kernel", 5):
+        os.environ["LINATTN_CUDA_FP32_PRESPLIT"] = "0"
+        try:
+            guarded("profile", "seed fp32/cuda-v3kernel")(profile_kernels)("seed fp32 v3kernel", 16, 12, 1024, 64,
+                                                                          torch.float32)
+        finally:
+            os.environ.pop("LINATTN_CUDA_FP32_PRESPLIT", None)
     if afford("profile/seed fp32/reference", 5):
         guarded("profile", "seed fp32/reference")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32,
                                                                     "reference")

@@ -241,6 +241,19 @@ def test_emulated_float32_engine_forced(ffma, monkeypatch):
         _compare(p, torch.float32, causal=True)
 
 
+@needs_emu
+def test_emulated_presplit_engine_is_bitwise_v3(monkeypatch):
+    """float32, DA <= 64: the block-split engine (Tf32x3SplitEngine) gives bitwise the results of
+    v3's per-warp splits (LINATTN_CUDA_FP32_PRESPLIT=0) in row and col mode, with mask, decay, GQA."""
+    p, _ = _problem(1, 4, 2, 70, 70, 64, 65, mask_shape=(1, 4, 70, 70), decay=True, seed=3)
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LINATTN_CUDA_FP32_PRESPLIT", flag)
+        o, _, grads = _run(_emu, p, torch.float32, causal=True, do=torch.ones(1, 4, 70, 65, dtype=torch.float64))
+        runs.append([o] + [grads[n] for n in ("q", "k", "v")])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 ONE_TERM_FAILURES = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
 
 

@@ -64,6 +64,7 @@ __device__ __forceinline__ void scores_in_stretches(float (&s)[E::NJ][4], const 
 
 struct Tf32x3Engine {
   using T = float;
+  static constexpr bool PRESPLIT = false;
   static constexpr int BNc = 32;       // contracted columns per tile
   static constexpr int NJ = BNc / 8;   // accumulator fragments of S
   static constexpr int LDC = BE + 4;   // C tile row stride: rows 2t, 2t+1 of a fragment on distinct banks
@@ -138,6 +139,136 @@ struct Tf32x3Engine {
   }
 };
 
+// 3xTF32 with the b and c tiles split once per block (v4). Tf32x3Engine above has every warp
+// load and split the whole b and c tiles for its 16 rows: 8 warps repeat the same 2 x 2048
+// tf32 splits (cvt, sub, cvt) and 2 x 2048 scalar loads per tile, about one split and one
+// load per mma. Here, once the tiles have landed, the block splits each element once
+// (`presplit`, 8 records a thread with 8 warps) into hi/lo pairs stored in *fragment order*:
+// record (step, j, lane) holds {hi b0, hi b1, lo b0, lo b1} of exactly the B fragment that
+// lane needs, so the mma loops read one 16-byte vector per fragment (4 lanes x 16 bytes per
+// quarter-warp phase: no bank conflicts) and split nothing but their own A rows and P.
+//   Bx: record ((ks * NJ + j) * 32 + lane): b0 = B[8j + g][8ks + t], b1 = B[8j + g][8ks + t + 4]
+//   Cx: record ((kk * 8 + n) * 32 + lane):  c0 = C[8kk + 2t][8n + g], c1 = C[8kk + 2t + 1][8n + g]
+// (the C rows 2t, 2t + 1 match P's columns in A slots t, t + 4, as in Tf32x3Engine). The split
+// tiles take 64 Kp + 4096 words (16 + 16 KiB at DA = 64), so the host uses this engine for
+// DA <= 64 and runs it single-buffered with 8 warps first (two blocks per SM fit: 103 KiB with
+// a dense mask), one more barrier per tile. Arithmetic, summation order and
+// short chains are those of Tf32x3Engine: results are bitwise the same.
+struct Tf32x3SplitEngine : Tf32x3Engine {
+  static constexpr bool PRESPLIT = true;
+  static constexpr int MAX_KP = 64;
+  LINATTN_HD static int bx_words(int Kp) { return (Kp / 8) * NJ * 32 * 4; }
+  LINATTN_HD static int cx_words() { return (BNc / 8) * 8 * 32 * 4; }
+
+  // Block-cooperative: Bs [BNc][ld] and Cs [BNc][LDC] (raw float32) -> Bx, Cx (fragment order).
+  template <int NTH>
+  static __device__ __forceinline__ void presplit(uint32_t* Bx, uint32_t* Cx, const float* Bs, const float* Cs, int ld,
+                                                  int Kp) {
+    const int nb = (Kp / 8) * NJ * 32, nc = (BNc / 8) * 8 * 32;
+    for (int idx = threadIdx.x; idx < nb + nc; idx += NTH) {
+      const int lane = idx & 31, g = lane >> 2, t = lane & 3;
+      float x0, x1;
+      uint32_t* dst;
+      if (idx < nb) {  // b: record (ks * NJ + j, lane)
+        const int rec = idx >> 5, j = rec % NJ, ks = rec / NJ;
+        const float* src = Bs + (8 * j + g) * ld + 8 * ks + t;
+        x0 = src[0];
+        x1 = src[4];
+        dst = Bx + 4 * idx;
+      } else {  // c: record (kk * 8 + n, lane)
+        const int rec = (idx - nb) >> 5, n = rec & 7, kk = rec >> 3;
+        const float* src = Cs + (8 * kk + 2 * t) * LDC + 8 * n + g;
+        x0 = src[0];
+        x1 = src[LDC];
+        dst = Cx + 4 * (idx - nb);
+      }
+      uint32_t h0, l0, h1, l1;
+      split_tf32(x0, h0, l0);
+      split_tf32(x1, h1, l1);
+      st_u32x4(dst, h0, h1, l0, l1);
+    }
+  }
+
+  static __device__ __forceinline__ void score_span_x(float (&acc)[NJ][4], const float* a0, const uint32_t* Bx, int ld,
+                                                      int k_lo, int k_hi) {
+    const int lane = threadIdx.x & 31;
+    for (int k0 = k_lo; k0 < k_hi; k0 += 8) {
+      uint32_t ahi[4], alo[4], bhi[NJ][2], blo[NJ][2];
+      split_tf32(a0[k0], ahi[0], alo[0]);
+      split_tf32(a0[8 * ld + k0], ahi[1], alo[1]);
+      split_tf32(a0[k0 + 4], ahi[2], alo[2]);
+      split_tf32(a0[8 * ld + k0 + 4], ahi[3], alo[3]);
+      const uint32_t* rec = Bx + 4 * ((k0 / 8) * NJ * 32 + lane);
+#pragma unroll
+      for (int j = 0; j < NJ; ++j) {
+        uint32_t r[4];
+        ld_u32x4(r, rec + 4 * 32 * j);
+        bhi[j][0] = r[0];
+        bhi[j][1] = r[1];
+        blo[j][0] = r[2];
+        blo[j][1] = r[3];
+      }
+      mma_tf32x3<NJ>(acc, ahi, alo, bhi, blo);
+    }
+  }
+
+  // s = A_w B_jᵀ (s zero on entry), in stretches of KS head-dim columns as Tf32x3Engine.
+  static __device__ __forceinline__ void scores_x(float (&s)[NJ][4], const float* Aw, const uint32_t* Bx, int ld,
+                                                  int Kp) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const float* a0 = Aw + g * ld + t;
+    score_span_x(s, a0, Bx, ld, 0, imin(Kp, KS));
+    for (int k1 = KS; k1 < Kp; k1 += KS) {
+      float part[NJ][4];
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[j][e] = 0.f;
+      score_span_x(part, a0, Bx, ld, k1, imin(Kp, k1 + KS));
+#pragma unroll
+      for (int j = 0; j < NJ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] += part[j][e];
+    }
+  }
+
+  // o[n] += P C as Tf32x3Engine::accumulate, C fragments from Cx.
+  static __device__ __forceinline__ void accumulate_x(float (&o)[8][4], const float (&s)[NJ][4], const uint32_t* Cx) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float part[4][4];
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < NJ; ++kk) {
+        uint32_t ahi[4], alo[4];
+        split_tf32(s[kk][0], ahi[0], alo[0]);
+        split_tf32(s[kk][2], ahi[1], alo[1]);
+        split_tf32(s[kk][1], ahi[2], alo[2]);
+        split_tf32(s[kk][3], ahi[3], alo[3]);
+        uint32_t bhi[4][2], blo[4][2];
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          uint32_t r[4];
+          ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
+          bhi[n][0] = r[0];
+          bhi[n][1] = r[1];
+          blo[n][0] = r[2];
+          blo[n][1] = r[3];
+        }
+        mma_tf32x3<4>(part, ahi, alo, bhi, blo);
+      }
+#pragma unroll
+      for (int n = 0; n < 4; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
+    }
+  }
+};
+
 // float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the
 // kernel and its tiles are the same; only the two products differ). For short contractions
 // (kernels.cuh, `fp32_use_ffma`): 3xTF32 carries 22 of float32's 24 significand bits per
@@ -148,6 +279,7 @@ struct Tf32x3Engine {
 // FFMA rounds to nearest, so chains carry no bias).
 struct Fp32FmaEngine {
   using T = float;
+  static constexpr bool PRESPLIT = false;
   static constexpr int BNc = 32;
   static constexpr int NJ = BNc / 8;
   static constexpr int LDC = BE + 4;
@@ -200,6 +332,7 @@ struct Fp32FmaEngine {
 template <class Tin>
 struct HalfMmaEngine {
   using T = Tin;
+  static constexpr bool PRESPLIT = false;
   static constexpr int BNc = 64;
   static constexpr int NJ = BNc / 8;
   static constexpr int LDC = BE + 8;   // 144-byte rows: ldmatrix rows on distinct banks

@@ -90,7 +90,9 @@ const char* launch_product_t(const ProductArgs& p, cudaStream_t stream) {
   if (const char* env = std::getenv("LINATTN_CUDA_CONFIG")) {
     if (std::sscanf(env, "%dx%d", &force_w, &force_s) != 2) force_w = force_s = 0;
   }
-  const int order[4][2] = {{8, 2}, {4, 2}, {8, 1}, {4, 1}};
+  // the pre-split engine keeps two 8-warp blocks per SM only single-buffered (its split tiles)
+  const int order[4][2] = {{8, Eng::PRESPLIT ? 1 : 2}, {4, Eng::PRESPLIT ? 1 : 2}, {8, Eng::PRESPLIT ? 2 : 1},
+                           {4, Eng::PRESPLIT ? 2 : 1}};
   for (const auto& cfg : order) {
     const int w = cfg[0], st = cfg[1];
     if (force_w && (w != force_w || st != force_s)) continue;
@@ -118,8 +120,20 @@ inline bool fp32_use_ffma(const ProductArgs& p) {
   return nC <= Fp32FmaEngine::BNc || p.da <= 8;
 }
 
+// 3xTF32 with b and c split once per block (Tf32x3SplitEngine) for DA <= 64, where its split
+// tiles fit beside two blocks per SM; LINATTN_CUDA_FP32_PRESPLIT=0 keeps the per-warp splits
+// of v3 (Tf32x3Engine) everywhere (results are bitwise the same; for timing).
+inline bool fp32_use_presplit(const ProductArgs& p) {
+  if (const char* env = std::getenv("LINATTN_CUDA_FP32_PRESPLIT")) {
+    if (env[0] == '0') return false;
+  }
+  return Tf32x3SplitEngine::kpad(p.da) <= Tf32x3SplitEngine::MAX_KP;
+}
+
 inline const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
-  return fp32_use_ffma(p) ? launch_product_t<Fp32FmaEngine>(p, stream) : launch_product_t<Tf32x3Engine>(p, stream);
+  if (fp32_use_ffma(p)) return launch_product_t<Fp32FmaEngine>(p, stream);
+  if (fp32_use_presplit(p)) return launch_product_t<Tf32x3SplitEngine>(p, stream);
+  return launch_product_t<Tf32x3Engine>(p, stream);
 }
 
 template <class Eng>

@@ -17,6 +17,9 @@
 //     b [BNc, DA], c [BNc, 64] and, with a dense mask, the mask tile are copied with cp.async
 //     into one of two buffers while the warps compute on the other (double buffering; one
 //     buffer when two do not fit, e.g. DA = 256 in float32);
+//   * float32 on Tf32x3SplitEngine (v4, DA <= 64): once the tiles have landed, the block splits
+//     b and c into tf32 hi/lo pairs once, in fragment order (L.Bx, L.Cx), one barrier, and the
+//     warps read their B/C fragments from there instead of each splitting the whole tiles;
 //   * each warp: S = a bᵀ (registers), S ⊙= W' (mask tile from shared memory, causal and
 //     decay factors from the indices), O += P c (registers; the tile's P c is summed into a
 //     zeroed fragment and added to O with float32 adds, so that no tensor-core chain spans
@@ -28,7 +31,10 @@
 //   * E > 64 is split over blocks (the grid's channel tiles); DA is whole (up to 256).
 // Rows past N or M and channels past DA or EC are zero-filled in shared memory (cp.async
 // zero-fill), so any length works without padding the tensors. The host picks the largest
-// configuration that fits: 8 warps and two buffers first (kernels.cuh). __launch_bounds__
+// configuration that fits: 8 warps and two buffers first (one buffer first for the pre-split
+// engine, whose split tiles would otherwise cost the second block per SM; kernels.cuh), and
+// for float32 the engine: FFMA for short contractions, the pre-split 3xTF32 engine for
+// DA <= 64, per-warp splits above (kernels.cuh, launch_product_float32). __launch_bounds__
 // asks for 16 / WARPS blocks per SM (at most 128 registers a thread), so that two 8-warp
 // blocks fit an SM where shared memory allows.
 #pragma once
@@ -80,6 +86,8 @@ struct ProductTiles {
   T* Cs;  // c rows, buffer s at Cs + s * cstep  [BNc][LDC]  (64 channels)
   T* Ms;  // mask tile, buffer s at Ms + s * mstep, or null:
           //   row mode [BMr][BNc + PADM] (i = r, j = c), col mode [BNc][BMr + PADM] (i = c, j = r)
+  uint32_t* Bx;  // Eng::PRESPLIT only: this tile's b and c split into tf32 hi/lo, fragment order
+  uint32_t* Cx;  //   (engine_mma.cuh, Tf32x3SplitEngine); one buffer
   int ldm, bstep, cstep, mstep;  // element offsets between the two buffers (0 with one buffer)
   size_t bytes;
   LINATTN_HD ProductTiles(unsigned char* base, int da, bool has_mask, bool col, int stages) {
@@ -95,6 +103,11 @@ struct ProductTiles {
     Bs = cv.template take<T>((size_t)Eng::BNc * lda * stages);
     Cs = cv.template take<T>((size_t)Eng::BNc * Eng::LDC * stages);
     Ms = has_mask ? cv.template take<T>((size_t)mrows * ldm * stages) : nullptr;
+    Bx = Cx = nullptr;
+    if constexpr (Eng::PRESPLIT) {
+      Bx = cv.template take<uint32_t>((size_t)Eng::bx_words(Eng::kpad(da)));
+      Cx = cv.template take<uint32_t>((size_t)Eng::cx_words());
+    }
     bytes = cv.offset;
   }
 };
@@ -177,7 +190,13 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
     for (int j = 0; j < NJ; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[j][e] = 0.f;
-    Eng::scores(s, Aw, L.Bs + cur * L.bstep, lda, Kp);
+    if constexpr (Eng::PRESPLIT) {  // split this tile's b and c once for the whole block
+      Eng::template presplit<NTH>(L.Bx, L.Cx, L.Bs + cur * L.bstep, L.Cs + cur * L.cstep, lda, Kp);
+      __syncthreads();
+      Eng::scores_x(s, Aw, L.Bx, lda, Kp);
+    } else {
+      Eng::scores(s, Aw, L.Bs + cur * L.bstep, lda, Kp);
+    }
 
     if (p.causal || p.mask) {  // P = S ⊙ W'
       const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
@@ -194,7 +213,8 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
           s[j][e] *= w;
         }
     }
-    Eng::accumulate(o, s, L.Cs + cur * L.cstep);
+    if constexpr (Eng::PRESPLIT) Eng::accumulate_x(o, s, L.Cx);
+    else Eng::accumulate(o, s, L.Cs + cur * L.cstep);
     __syncthreads();  // the buffers of `cur` may be refilled now
     if (stages == 1 && it + 1 < n_it) issue(it + 1, 0);
   }

@@ -78,6 +78,26 @@ __device__ __forceinline__ uint32_t ld_pair(const T* p) {
 #endif
 }
 
+// -- 16-byte shared-memory vectors of four 32-bit words (p 16-byte aligned) --------------------
+__device__ __forceinline__ void st_u32x4(uint32_t* p, uint32_t a, uint32_t b, uint32_t c, uint32_t d) {
+#ifndef LINATTN_EMULATE
+  *reinterpret_cast<uint4*>(p) = make_uint4(a, b, c, d);
+#else
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu::fail("st_u32x4: address not 16-byte aligned");
+  p[0] = a; p[1] = b; p[2] = c; p[3] = d;
+#endif
+}
+
+__device__ __forceinline__ void ld_u32x4(uint32_t (&r)[4], const uint32_t* p) {
+#ifndef LINATTN_EMULATE
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+#else
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) emu::fail("ld_u32x4: address not 16-byte aligned");
+  r[0] = p[0]; r[1] = p[1]; r[2] = p[2]; r[3] = p[3];
+#endif
+}
+
 // -- one float from lane `src` of this warp (all 32 lanes take part) -------------------------
 __device__ __forceinline__ float shfl(float v, int src) {
 #ifndef LINATTN_EMULATE
