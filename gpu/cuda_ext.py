@@ -412,6 +412,44 @@ def collect_ptxas(procs, timeout):
     RESULTS["ptxas"] = rows
 
 
+SMOKE = r"""
+import torch, linattn
+from linattn.backends.reference import reference_forward
+g = torch.Generator(device="cuda").manual_seed(0)
+B, H, N, D = 2, 3, 1024, 64
+q, k, v = (torch.randn(B, H, N, D, generator=g, device="cuda") for _ in range(3))
+M = torch.randint(0, 2, (1, 1, N, N), generator=g, device="cuda").float()
+x = [t.clone().requires_grad_() for t in (q, k, v)]
+o = linattn.linear_attention(*x, M, backend="cuda")
+o.backward(torch.ones_like(o))
+y = [t.double().requires_grad_() for t in (q, k, v)]
+o64, _ = reference_forward(*y, M.double())
+o64.backward(torch.ones_like(o64))
+errs = [((a.double() - b).norm() / b.norm()).item() for a, b in zip([o] + [t.grad for t in x], [o64] + [t.grad for t in y])]
+torch.cuda.synchronize()
+print("SMOKE", "OK" if max(errs) < 2e-6 else "BAD", errs, flush=True)
+"""
+
+
+def smoke_child():
+    """One float32 fwd+bwd (v4 engines) in a child process; on failure, LINATTN_CUDA_FP32_PRESPLIT=0 here."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        res = subprocess.run([sys.executable, "-c", SMOKE], cwd=root, capture_output=True, text=True,
+                             timeout=max(5.0, min(60.0, left() - 20)))
+        out = (res.stdout + res.stderr).strip()
+        ok = res.returncode == 0 and "SMOKE OK" in res.stdout
+    except subprocess.TimeoutExpired:
+        out, ok = "timed out", False
+    RESULTS["smoke"] = {"ok": ok, "output": out[-1500:]}
+    if not ok:
+        os.environ["LINATTN_CUDA_FP32_PRESPLIT"] = "0"
+        RESULTS["smoke"]["fallback"] = "LINATTN_CUDA_FP32_PRESPLIT=0 for the rest of this run"
+    log(f"smoke float32 v4 kernel in a child: {'ok' if ok else 'FAILED (v3 kernel from here on)'}: {out[-300:]}")
+
+
 REPLAYS = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
 
 
@@ -444,6 +482,14 @@ def replay_one_term(path, ffma):
     log(f"replay {rec['id']} ffma={rec['ffma']}: {'PASS' if rec['pass'] else 'FAIL'} {detail}")
 
 
+def restore_env(saved):
+    for key, val in saved.items():
+        if val is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = val
+
+
 #: timing variants of backend cuda: name -> (backend, environment, ninja subprocesses per call)
 VARIANTS = {
     "cuda-v3kernel": ("cuda", {"LINATTN_CUDA_FP32_PRESPLIT": "0"}, 0),  # float32: v3's per-warp splits
@@ -459,12 +505,12 @@ def timing(label, B, H, N, D, dtype, backends, reps):
         if not afford(f"timing/{label}/{be}", 3):
             continue
         name, env, tax = VARIANTS.get(be, (be, {}, 0))
+        saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         try:
             r = guarded("timing", f"{label}/{be}")(time_backend)(name, B, H, N, D, dtype, reps=reps, host_tax=tax)
         finally:
-            for key in env:
-                os.environ.pop(key, None)
+            restore_env(saved)
         if r is None:
             continue
         r["backend"] = be
@@ -543,6 +589,11 @@ def main():
     guarded("ptxas", "collect")(collect_ptxas)(procs, min(30.0, left() - 40))
     save()
 
+    # the v4 float32 kernel first in a child process: an illegal address there would poison this
+    # process's CUDA context for every later item; if the child fails, v3's kernel is used here
+    if afford("smoke/float32 v4 kernel", 15):
+        guarded("smoke", "float32 v4 kernel")(smoke_child)()
+
     # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
     if afford("timing/seed fp32", 8):
         timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v3kernel", "cuda-v3host"],
@@ -550,12 +601,13 @@ def main():
     if afford("profile/seed fp32", 5):
         guarded("profile", "seed fp32/cuda")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
     if afford("profile/seed fp32/v3kernel", 5):
+        saved = {"LINATTN_CUDA_FP32_PRESPLIT": os.environ.get("LINATTN_CUDA_FP32_PRESPLIT")}
         os.environ["LINATTN_CUDA_FP32_PRESPLIT"] = "0"
         try:
             guarded("profile", "seed fp32/cuda-v3kernel")(profile_kernels)("seed fp32 v3kernel", 16, 12, 1024, 64,
                                                                           torch.float32)
         finally:
-            os.environ.pop("LINATTN_CUDA_FP32_PRESPLIT", None)
+            restore_env(saved)
     if afford("profile/seed fp32/reference", 5):
         guarded("profile", "seed fp32/reference")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32,
                                                                     "reference")
