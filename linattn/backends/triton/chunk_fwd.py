@@ -252,16 +252,17 @@ if HAVE_TRITON:
 
     @triton.jit
     def _o_chunk(
-        q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
+        q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_s, b_dq, b_dm, b_kw, b_lam,
         o_a, o_d, o_e, m_d, m_e,
         D: tl.constexpr, E: tl.constexpr, BT: tl.constexpr,
-        CAUSAL: tl.constexpr, DECAY: tl.constexpr, EVEN: tl.constexpr, EARLY_STATE: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr, EVEN: tl.constexpr, OWN_FACTORS: tl.constexpr,
+        EARLY_STATE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     ):
         """One chunk i_t of the output kernel: stores o_t, returns S_t.
 
-        b_h: S_{t-1}; b_dq [BT] λ^(a+1); b_dm [BT, BT] Dm; b_kw [BT] λ^(L-1-b) and b_lam
-        λ^L for this chunk's L valid tokens (DECAY; unused otherwise). EVEN: all BT rows
+        b_h: S_{t-1}; b_s the slope; b_dq [BT] λ^(a+1); b_dm [BT, BT] Dm; b_kw [BT]
+        λ^(L-1-b) and b_lam λ^L for this chunk's L valid tokens (DECAY), or, with
+        OWN_FACTORS, computed here from L (v3's order of operations). EVEN: all BT rows
         are valid (no row masks). EARLY_STATE: issue the state product kᵀ(λ ⊙ v) before
         the intra-chunk one (the state is the only value carried to the next chunk).
         """
@@ -285,6 +286,10 @@ if HAVE_TRITON:
             # -- intra-chunk: the chunk's own scores, weighted by Dm
             b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST) * b_dm  # [BT, BT]
             if DECAY:
+                if OWN_FACTORS:
+                    L = tl.minimum(BT, T - i_t * BT)
+                    b_kw = key_decay(b_s, L, BT)  # [BT] λ^(L-1-b)
+                    b_lam = pow_decay(b_s, L)
                 b_o = b_o * b_dq[:, None]
                 b_vw = to_operand(b_v * b_kw[:, None], b_v, UPCAST)  # [BT, BV]
                 b_h = b_h * b_lam
@@ -368,27 +373,17 @@ if HAVE_TRITON:
                 b_kw = key_decay(b_s, BT, BT)  # [BT] λ^(BT-1-b)
                 b_lam = tl.exp(-b_s * BT)  # λ^BT (BT > 0: 0 for s = inf, 1 for s = 0)
             for i_t in range(t0, t_even):
-                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
-                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, True, EARLY_STATE,
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_s, b_dq, b_dm, b_kw, b_lam,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, True, False, EARLY_STATE,
                                PRECISION, UPCAST)
             for i_t in tl.range(t_even, t1, num_stages=1):  # at most one partial chunk: no prefetch
-                if DECAY:
-                    L = T - i_t * BT
-                    b_kw = key_decay(b_s, L, BT)
-                    b_lam = pow_decay(b_s, L)
-                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
-                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, EARLY_STATE,
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_s, b_dq, b_dm, 0.0, 0.0,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, True, EARLY_STATE,
                                PRECISION, UPCAST)
-        else:
+        else:  # v3's loop
             for i_t in range(t0, t1):
-                b_kw = 0.0
-                b_lam = 0.0
-                if DECAY:
-                    L = tl.minimum(BT, T - i_t * BT)
-                    b_kw = key_decay(b_s, L, BT)  # [BT] λ^(L-1-b)
-                    b_lam = pow_decay(b_s, L)
-                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_dq, b_dm, b_kw, b_lam,
-                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, EARLY_STATE,
+                b_h = _o_chunk(q, k, v, o, i_q, i_kv, i_t, T, scale, b_h, b_s, b_dq, b_dm, 0.0, 0.0,
+                               o_a, o_d, o_e, m_d, m_e, D, E, BT, CAUSAL, DECAY, False, True, EARLY_STATE,
                                PRECISION, UPCAST)
 
         if STORE_FINAL_STATE:
