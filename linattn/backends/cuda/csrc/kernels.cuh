@@ -130,7 +130,9 @@ inline bool fp32_use_presplit(const ProductArgs& p) {
   return Tf32x3SplitEngine::kpad(p.da) <= Tf32x3SplitEngine::MAX_KP;
 }
 
-inline const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
+// (a template so that only the float32 translation unit instantiates the float32 kernels)
+template <class Unused = void>
+const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
   if (fp32_use_ffma(p)) return launch_product_t<Fp32FmaEngine>(p, stream);
   if (fp32_use_presplit(p)) return launch_product_t<Tf32x3SplitEngine>(p, stream);
   return launch_product_t<Tf32x3Engine>(p, stream);

@@ -147,14 +147,18 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
   const int nct = c_hi > c_lo ? (c_hi - c_lo + BC - 1) / BC : 0;
   const int n_it = nh * nct;
 
-  auto issue = [&](int it, int buf) {  // cp.async the tiles of iteration `it` into buffer `buf`
+  // cp.async the tiles of iteration `it` into buffer `buf`: b and c (what = 1), the mask tile
+  // (what = 2) or both (3), as one commit group
+  auto issue = [&](int it, int buf, int what = 3) {
     const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
     const int64_t bc = (int64_t)b * bc_heads + (col ? h : h / G);  // head of b and c
-    load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, static_cast<const T*>(p.b) + bc * nC * p.da, p.da, 1, c0, nC, BC, 0, p.da,
-                      Kp);                                                            // [BNc, Kp]
-    load_tile<T, NTH>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec, p.ec, 1, c0, nC, BC, e0,
-                      p.ec, BE);                                                      // [BNc, 64]
-    if (p.mask) {
+    if (what & 1) {
+      load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, static_cast<const T*>(p.b) + bc * nC * p.da, p.da, 1, c0, nC, BC, 0,
+                        p.da, Kp);                                                    // [BNc, Kp]
+      load_tile<T, NTH>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec, p.ec, 1, c0, nC, BC,
+                        e0, p.ec, BE);                                                // [BNc, 64]
+    }
+    if (p.mask && (what & 2)) {
       const T* mbh = static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh;
       if (col) load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, BC, r0, p.m, BMr);
       else load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, BMr, c0, p.m, BC);
@@ -193,6 +197,9 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
     if constexpr (Eng::PRESPLIT) {  // split this tile's b and c once for the whole block
       Eng::template presplit<NTH>(L.Bx, L.Cx, L.Bs + cur * L.bstep, L.Cs + cur * L.cstep, lda, Kp);
       __syncthreads();
+      // single buffer: raw b and c are consumed, so the next tile's b and c load during this
+      // tile's products; its mask tile (still read below) follows after the closing barrier
+      if (stages == 1 && it + 1 < n_it) issue(it + 1, 0, 1);
       Eng::scores_x(s, Aw, L.Bx, lda, Kp);
     } else {
       Eng::scores(s, Aw, L.Bs + cur * L.bstep, lda, Kp);
@@ -216,7 +223,7 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
     if constexpr (Eng::PRESPLIT) Eng::accumulate_x(o, s, L.Cx);
     else Eng::accumulate(o, s, L.Cs + cur * L.cstep);
     __syncthreads();  // the buffers of `cur` may be refilled now
-    if (stages == 1 && it + 1 < n_it) issue(it + 1, 0);
+    if (stages == 1 && it + 1 < n_it) issue(it + 1, 0, Eng::PRESPLIT ? 2 : 3);
   }
 
   // -- write out scale * O straight from the accumulators
