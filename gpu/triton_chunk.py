@@ -471,9 +471,14 @@ def check_small(B=2, H=16, N=1024, D=128, record=True):
     log("  ", {k_: (f"{v_:.2e}" if isinstance(v_, float) else v_) for k_, v_ in row.items()})
 
 
-def check_variants_small(B=2, H=16, N=1061, D=128):
-    """Each forward variant's o against float64 (bf16 decay, a ragged last chunk: N = 16·64 + 37),
-    on the kernels the timings use (N is not specialised), next to the default's error."""
+def check_variants_small(B=2, H=16, N=1061, D=128, names=None, report=None):
+    """Each variant's o against float64 (bf16 decay, a ragged last chunk: N = 16·64 + 37), on
+    the kernels the timings use (N is not specialised), next to the default's error; variants
+    that also change the backward run their forward+backward once (finite gradients).
+
+    Runs in a child process (``--check-variants``): a variant that faults (run 8: an illegal
+    address in one of them) must not poison this process's CUDA context. ``report``: the
+    child's line-per-event file ("start NAME" before a variant, a JSON row after it)."""
     import linattn
 
     if DRY:
@@ -481,21 +486,69 @@ def check_variants_small(B=2, H=16, N=1061, D=128):
     q, k, v, do, s = inputs(B, H, N, D, seed=16)
     o64 = linattn.linear_attention(q.double(), k.double(), v.double(), decay=s.double(), backend="chunked")
     floor = rel(o64.to(torch.bfloat16), o64)
-    base = None
-    for vname, cfg in [("default", {})] + [(n, c) for n, c in VARIANTS.items() if n in FWD_ONLY]:
-        if elapsed() > BUDGET:
-            RESULTS["skipped"].append(f"small check ours[{vname}]")
-            continue
+    base = rel(ours_calls(q, k, v, do, s)[0](), o64)
+    for vname in names:
+        cfg = VARIANTS[vname] if vname != "default" else {}
+        with open(report, "a") as f:
+            f.write(f"start {vname}\n")
+        fwd, fwdbwd, xs = ours_calls(q, k, v, do, s, cfg=cfg)
+        err = rel(fwd(), o64)
+        finite = True
+        if vname not in FWD_ONLY and vname != "default":
+            fwdbwd()
+            finite = all(bool(torch.isfinite(x.grad).all()) for x in xs)
+        sync()
+        row = dict(shape=f"B{B}-H{H}-N{N}-D{D}", dtype="bfloat16", mask="decay", impl=f"ours[{vname}]",
+                   config=cfg, o_err=err, o_err_default=base, o_rounding_floor=floor, grads_finite=finite,
+                   ok=bool(finite and err < 2e-2 and err < 2 * base + floor))
+        with open(report, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def check_variants_isolated():
+    """check_variants_small in child processes: a variant that crashes its process (or gives a
+    wrong o) is recorded and dropped from the sweep; the next child goes on after it."""
+    names = ["default"] + list(VARIANTS)
+    report = os.path.join(os.environ.get("OUT") or "/tmp", "variant_checks.txt")
+    bad = []
+    while names and elapsed() < BUDGET:
+        if os.path.exists(report):
+            os.remove(report)
+        env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1", PYTHONUNBUFFERED="1")
         try:
-            err = rel(ours_calls(q, k, v, do, s, cfg=cfg)[0](), o64)
-            base = err if vname == "default" else base
-            row = add("correctness", dict(shape=f"B{B}-H{H}-N{N}-D{D}", dtype="bfloat16", mask="decay",
-                                          impl=f"ours[{vname}]", config=cfg, o_err=err, o_rounding_floor=floor,
-                                          ok=err < 2e-2 and (base is None or err < 2 * base + floor)))
-            log(f"   ours[{vname}] o vs float64 {err:.2e} (default {base if base is not None else float('nan'):.2e},"
-                f" bf16 rounding {floor:.2e}) {'ok' if row['ok'] else 'BAD'}")
-        except Exception as e:  # noqa: BLE001
-            error(f"small check ours[{vname}]", e)
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), "--check-variants", report, ",".join(names)],
+                               env=env, capture_output=True, text=True, timeout=max(10.0, min(90.0, BUDGET - elapsed())))
+            rc, tail = p.returncode, (p.stderr or "")[-600:]
+        except subprocess.TimeoutExpired:
+            rc, tail = "timeout", ""
+        started, done = None, set()
+        lines = open(report).read().splitlines() if os.path.exists(report) else []
+        for line in lines:
+            if line.startswith("start "):
+                started = line[6:]
+            else:
+                row = json.loads(line)
+                name = row["impl"][5:-1]
+                done.add(name)
+                add("correctness", row)
+                log(f"   ours[{name}] o vs float64 {row['o_err']:.2e} (default {row['o_err_default']:.2e}, bf16 rounding "
+                    f"{row['o_rounding_floor']:.2e}) grads finite {row['grads_finite']} {'ok' if row['ok'] else 'BAD'}")
+                if not row["ok"]:
+                    bad.append(name)
+        names = [n for n in names if n not in done]
+        if not names:
+            break
+        culprit = started if started in names else names[0]
+        err = f"child rc={rc} while checking it: {tail.strip().splitlines()[-1] if tail.strip() else ''}"
+        add("correctness", dict(impl=f"ours[{culprit}]", ok=False, error=err[:400]))
+        log(f"!! ours[{culprit}] crashed its checker ({err[:200]}); dropped from the sweep")
+        bad.append(culprit)
+        names = [n for n in names if n != culprit]
+        if culprit == "default":
+            break
+    for name in bad:
+        VARIANTS.pop(name, None)
+    RESULTS["env"]["variants_dropped"] = bad
 
 
 # -- 2. copy bandwidth ------------------------------------------------------------------------------------------
@@ -911,7 +964,7 @@ def main():
     RESULTS["env"]["fla"] = FLA is not None
     RESULTS["env"]["lightning_attn"] = LIGHTNING is not None
     item("small correctness", check_small)
-    item("small correctness of the forward variants", check_variants_small)
+    item("small correctness of the variants (child processes)", check_variants_isolated)
     checks = [(f"{prop} {p.describe()}", check_property, (prop, p), cost)
               for (prop, p), cost in zip(long_n_problems(tiny=DRY), LONG_N_COST)]
     checks.append(("dslopes long N", check_dslopes, (70, 2, 16) if DRY else (), DSLOPES_COST))
@@ -951,7 +1004,9 @@ def main():
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--warm":
+    if len(sys.argv) == 4 and sys.argv[1] == "--check-variants":
+        check_variants_small(names=sys.argv[3].split(","), report=sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--warm":
         if DRY or torch.cuda.is_available():
             warm(sys.argv[2])
     else:
