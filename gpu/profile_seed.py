@@ -120,7 +120,9 @@ def main():
             RES["rows"].append(r)
             log(r)
 
-    item("rates", rates)
+    only = [w for w in os.environ.get("PROFILE_ITEMS", "").split(",") if w]  # e.g. "headline"
+    if not only or "rates" in only:
+        item("rates", rates)
 
     B, H, N, D = 16, 12, 1024, 64
     g = torch.Generator(device=dev).manual_seed(0)
@@ -157,9 +159,10 @@ def main():
         for kr in r["kernels"]:
             log("    ", f"{kr['ms_per_step']:7.3f} ms x{kr['calls_per_step']:.0f}", kr["kernel"])
 
-    item("seed reference", seed_ref)
-    for mode in ("tf32x3", "tf32", "ieee"):
-        item(f"seed {mode}", seed_mode(mode))
+    if not only or "seed" in only:
+        item("seed reference", seed_ref)
+        for mode in ("tf32x3", "tf32", "ieee"):
+            item(f"seed {mode}", seed_mode(mode))
 
     def headline():
         B, H, N, D = 4, 12, 4096, 64
@@ -168,16 +171,17 @@ def main():
         mk = torch.randn(1, 1, N, N, device=dev, dtype=bf16, generator=g)
         do = torch.randn(B, H, N, D, device=dev, dtype=bf16, generator=g)
         leaves = [t.detach().requires_grad_() for t in (q, k, v, mk)]
-        for be in ("triton_dense", "reference"):
-            with env(LINATTN_TRITON_AUTOTUNE="1"):
-                r = {"what": f"headline bf16 B4 H12 N4096 D64 mask[1,1,N,N] {be}", "card": card,
+        for be, maskt in (("triton_dense", "off"), ("triton_dense", "on"), ("reference", "off")):
+            with env(LINATTN_TRITON_AUTOTUNE="1", LINATTN_TRITON_DENSE_MASKT=maskt):
+                r = {"what": f"headline bf16 B4 H12 N4096 D64 mask[1,1,N,N] {be} maskT={maskt}", "card": card,
                      "fwd_ms": bench(lambda: linattn.linear_attention(q, k, v, mk, backend=be)),
                      "fwdbwd_dm_ms": bench(lambda: torch.autograd.grad(
                          linattn.linear_attention(*leaves, backend=be), leaves, grad_outputs=do))}
             RES["rows"].append(r)
             log(r)
 
-    item("headline", headline)
+    if not only or "headline" in only:
+        item("headline", headline)
     save()
     return 0
 

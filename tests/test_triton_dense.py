@@ -643,3 +643,30 @@ def test_dkdv_default_splits_float32_only(dtype, want, monkeypatch):
     p = make_problem(1, 2, 1, 33, 33, 16, 16, (1, 1, 33, 33), seed=4)
     run(p, dtype, BACKEND)
     assert [(f["NEED_DK"], f["NEED_DV"]) for n, f in launches if n == "_dense_bwd_dkdv_kernel"] == want
+
+
+@pytest.mark.parametrize("maskt", ["on", "auto"])
+@pytest.mark.parametrize("case", FP32_PATH_CASES + [(2, 2, 2, 40, 29, 16, 24, (2, 2, 40, 29), False, False)],
+                         ids=[_id(c) for c in FP32_PATH_CASES] + ["per-bh-mask"])
+def test_dkdv_transposed_mask_copy(case, maskt, monkeypatch):
+    """LINATTN_TRITON_DENSE_MASKT: the dk/dv kernel reading Mᵀ tiles from a column-major copy
+    of the mask gives every output and gradient within the float32 band (broadcast masks, a
+    per-(b, h) mask, N != M, with causal and decay)."""
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_MASKT", maskt)
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "split")
+    B, H, Hkv, N, M, D, E, ms, causal, decay = case
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=12)
+    got = run(p, torch.float32, BACKEND, causal=causal)
+    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
+    check_float32(got, want)
+
+
+def test_maskt_knob_says_expected_and_got(monkeypatch):
+    from linattn.backends.triton.dense_bwd import mask_transposed_for_dkdv
+
+    m = torch.zeros(1, 1, 4, 4)
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_MASKT", "auto")
+    assert mask_transposed_for_dkdv(m, 2, 3) and not mask_transposed_for_dkdv(torch.zeros(2, 3, 4, 4), 2, 3)
+    monkeypatch.setenv("LINATTN_TRITON_DENSE_MASKT", "yes")
+    with pytest.raises(ValueError, match=r"LINATTN_TRITON_DENSE_MASKT must be one of \('off', 'on', 'auto'\), got 'yes'"):
+        mask_transposed_for_dkdv(m, 1, 1)

@@ -534,12 +534,18 @@ def dense_backward(
         # one program for both, or (split) a dk-only and a dv-only launch of the same kernel
         mode = dkdv_mode()
         split = (mode == "split" or (mode == "auto" and q.element_size() >= 4)) and need_dk and need_dv
+        dkdv_mask_args = mask_args
+        if has_mask and mask_transposed_for_dkdv(mask, B, H):
+            # the dk/dv walk reads Mᵀ tiles: from a column-major copy they are row-contiguous
+            mt = mask.transpose(-1, -2).contiguous().transpose(-1, -2)  # same shape, strides (.., 1, N)
+            smt = mask_strides(mt)
+            dkdv_mask_args = dict(m=mt, stride_mb=smt[0], stride_mh=smt[1], stride_mn=smt[2], stride_mm=smt[3])
         for flags in ([(True, False), (False, True)] if split else [(need_dk, need_dv)]):
             launch(
                 _dense_bwd_dkdv_kernel, _dkdv_split_tuned if split else _dkdv_tuned,
                 lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
                 dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
-                     **mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=flags[0], NEED_DV=flags[1]),
+                     **dkdv_mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=flags[0], NEED_DV=flags[1]),
                 configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
                 kind="dkdv",
             )
@@ -593,6 +599,24 @@ def bwd_mode() -> str:
 #: D64): dk/dv 3.551 ms joint, 2.538 ms split (fwd+bwd 5.535 -> 4.532 ms, same errors). Only
 #: the separate dk/dv kernel is affected (not the fused causal/decay backward).
 _DKDV_MODES = ("auto", "joint", "split")
+
+
+#: ``LINATTN_TRITON_DENSE_MASKT``: ``off`` (default) lets the dk/dv kernel read its
+#: transposed mask tiles Mᵀ[j, i] straight from the [.., N, M] mask (stride N between the
+#: elements of a tile row); ``on`` gives it a column-major copy of the mask (one extra mask
+#: in memory, written once per backward) so those reads are contiguous; ``auto`` does so
+#: when the mask is shared by several (b, h) (broadcast over B or H), where the copy is
+#: small next to the reads it serves.
+_MASKT_MODES = ("off", "on", "auto")
+
+
+def mask_transposed_for_dkdv(mask, B: int, H: int) -> bool:
+    mode = os.environ.get("LINATTN_TRITON_DENSE_MASKT", "off") or "off"
+    if mode not in _MASKT_MODES:
+        raise ValueError(f"LINATTN_TRITON_DENSE_MASKT must be one of {_MASKT_MODES}, got {mode!r}")
+    if mode == "auto":
+        return mask.shape[0] * mask.shape[1] < B * H
+    return mode == "on"
 
 
 def dkdv_mode() -> str:
