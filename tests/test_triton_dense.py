@@ -645,7 +645,7 @@ def test_dkdv_default_splits_float32_only(dtype, want, monkeypatch):
     assert [(f["NEED_DK"], f["NEED_DV"]) for n, f in launches if n == "_dense_bwd_dkdv_kernel"] == want
 
 
-@pytest.mark.parametrize("maskt", ["on", "auto"])
+@pytest.mark.parametrize("maskt", ["on", "off"])
 @pytest.mark.parametrize("case", FP32_PATH_CASES + [(2, 2, 2, 40, 29, 16, 24, (2, 2, 40, 29), False, False)],
                          ids=[_id(c) for c in FP32_PATH_CASES] + ["per-bh-mask"])
 def test_dkdv_transposed_mask_copy(case, maskt, monkeypatch):

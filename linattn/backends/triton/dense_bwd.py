@@ -601,17 +601,19 @@ def bwd_mode() -> str:
 _DKDV_MODES = ("auto", "joint", "split")
 
 
-#: ``LINATTN_TRITON_DENSE_MASKT``: ``off`` (default) lets the dk/dv kernel read its
-#: transposed mask tiles Mᵀ[j, i] straight from the [.., N, M] mask (stride N between the
-#: elements of a tile row); ``on`` gives it a column-major copy of the mask (one extra mask
-#: in memory, written once per backward) so those reads are contiguous; ``auto`` does so
+#: ``LINATTN_TRITON_DENSE_MASKT``: ``off`` lets the dk/dv kernel read its transposed mask
+#: tiles Mᵀ[j, i] straight from the [.., N, M] mask (stride N between the elements of a
+#: tile row); ``on`` gives it a column-major copy of the mask (one extra mask in memory,
+#: written once per backward) so those reads are contiguous; ``auto`` (default) does so
 #: when the mask is shared by several (b, h) (broadcast over B or H), where the copy is
-#: small next to the reads it serves.
+#: small next to the reads it serves. GPU run 9 (H200): float32 seed dk/dv 2.537 -> 2.201 ms
+#: (fwd+bwd 4.527 -> 4.228), bf16 B4 H12 N4096 D64 mask [1,1,N,N] fwd+bwd with dM
+#: 2.654 -> 2.456 ms; errors unchanged.
 _MASKT_MODES = ("off", "on", "auto")
 
 
 def mask_transposed_for_dkdv(mask, B: int, H: int) -> bool:
-    mode = os.environ.get("LINATTN_TRITON_DENSE_MASKT", "off") or "off"
+    mode = os.environ.get("LINATTN_TRITON_DENSE_MASKT", "auto") or "auto"
     if mode not in _MASKT_MODES:
         raise ValueError(f"LINATTN_TRITON_DENSE_MASKT must be one of {_MASKT_MODES}, got {mode!r}")
     if mode == "auto":
