@@ -268,7 +268,7 @@ def main():
                     r["kernels_error"] = f"{type(e).__name__}: {str(e)[:200]}"
                 save()
                 try:
-                    r["picks"] = {n: str(getattr(t_, "cache", {})) [:600] for n, t_ in (
+                    r["picks"] = {n: {str(k_[:10] if isinstance(k_, tuple) else k_)[:160]: str(c_) for k_, c_ in getattr(t_, "cache", {}).items()} for n, t_ in (
                         ("fwd", dense_fwd._dense_fwd_tuned), ("dq", dense_bwd._dq_tuned_wide),
                         ("dkdv", dense_bwd._dkdv_tuned), ("dkdv_split", dense_bwd._dkdv_split_tuned))}
                 except Exception as e:  # noqa: BLE001
