@@ -14,9 +14,18 @@ Each worker first covers each of its cells with one problem of a fixed shape per
 (so kernels compiled for one cell serve the next), then the same shape at N = 4093/4095
 per cell (no new compile), then random problems (block edges and primes for N up to 4096,
 odd head dims, every mask kind and broadcast shape, GQA/MQA, state, varlen, gradients),
-always giving the next problem to the cell that has used the least time. A cell stops at its first failure. A ``triton``
-long-N worker runs one problem at N >= 16384 per chunk property (the float64 oracle is
-then the O(N) ``chunked`` backend, verified against the reference in tests/).
+always giving the next problem to the cell that has used the least time. Before all that,
+a cell runs its fixed problems (``REPROS``: the failures of earlier runs, plus those of
+``HARNESS_REPROS_FROM``). A cell stops after ``HARNESS_MAX_FAILS`` failures (every one
+recorded), so a fix is judged on more than one problem. A ``triton`` long-N worker runs one
+problem at N >= 16384 per chunk property (the float64 oracle is then the O(N) ``chunked``
+backend, verified against the reference in tests/); its float32 problems come last and use
+the kernels the float32 workers compile for their first problems.
+
+Workers are shared out by each family's first-pass cost (``FIRST_S``: seconds per cell of
+a first problem in run 10, nearly all of it Triton compiling; triton float32 compiles ~10x
+longer than float16), so that every cell gets its first problem early: in run 10 one
+worker held all nine triton float32 cells and five of them never ran.
 
 Problems are ``linattn.testing.Problem`` objects drawn from a seeded ``random.Random``
 (no Hypothesis needed); every record carries the Problem repr, which reproduces it.
@@ -40,6 +49,11 @@ Environment (defaults in brackets):
   HARNESS_LONG_N [1]           run the triton N >= 16384 problems
   HARNESS_PROBLEM_CAP_S [70]   one problem longer than this is killed (timeout)
   HARNESS_DEVICE [cuda]        "cpu": a logic test (TRITON_INTERPRET=1, LINATTN_CUDA_EMULATE=1)
+  HARNESS_CELLS [all]          run only these cells: backend/property/dtype[/long], comma-separated
+                               (e.g. triton/backward/float16,triton/state_split/float32/long)
+  HARNESS_MAX_FAILS [5]        failures (errors included) after which a cell stops
+  HARNESS_REPROS [1]           run REPROS (and HARNESS_REPROS_FROM's) first in their cells; 0: not
+  HARNESS_REPROS_FROM []       a harness_gpu.json whose failures become fixed first problems too
   LINATTN_TRITON_AUTOTUNE [0], LINATTN_CUDA_FP32 [1]  set here unless given
 """
 from __future__ import annotations
@@ -63,9 +77,14 @@ BUDGET_S = float(os.environ.get("HARNESS_BUDGET_S", "140"))
 DEVICE = os.environ.get("HARNESS_DEVICE", "cuda")
 CPU = DEVICE != "cuda"
 BACKENDS = [b for b in os.environ.get("HARNESS_BACKENDS", "triton,triton_dense,cuda").split(",") if b]
+if os.environ.get("HARNESS_CELLS", "").strip():  # the selected cells' backends, in the usual order
+    _named = {x.strip().split("/")[0] for x in os.environ["HARNESS_CELLS"].split(",")}
+    BACKENDS = [b for b in ("triton", "triton_dense", "cuda") if b in _named] or BACKENDS
 LONG_N = os.environ.get("HARNESS_LONG_N", "1") == "1"
 PROBLEM_CAP_S = float(os.environ.get("HARNESS_PROBLEM_CAP_S", "70"))
 OUT_DIR = os.environ.get("OUT") or "/tmp/harness_gpu_out"
+MAX_FAILS = max(1, int(os.environ.get("HARNESS_MAX_FAILS", "5")))
+USE_REPROS = os.environ.get("HARNESS_REPROS", "1") != "0"
 
 # properties in an order that keeps kernel-sharing ones together (a worker takes a contiguous run)
 PROPS = ["forward", "backward", "linearity_v", "batch_invariance", "gqa", "broadcast_mask", "linearity_mask",
@@ -95,8 +114,37 @@ NARROW = {
     "linearity_mask": dict(kinds=["dense", "dense+causal", "dense+decay"]),
     "gradcheck": dict(grads=True, max_n=8, max_d=3, max_b=2, max_h=2),
 }
-# relative cost of a cell, for sharing out the workers (cuda compiles nothing once built)
-COST = {"triton": 1.0, "triton_dense": 1.0, "cuda": 0.3, "long": 2.0}
+# seconds of a cell's first problem (run 10, H200, 15 workers: mean over each family's cells,
+# nearly all Triton compiling), for sharing out the workers; cuda compiles nothing once built
+FIRST_S = {("triton", "float16"): 2.9, ("triton", "bfloat16"): 2.4, ("triton", "float32"): 30.6,
+           ("triton", "float64"): 7.8, ("triton_dense", "float16"): 3.7, ("triton_dense", "bfloat16"): 3.3,
+           ("triton_dense", "float32"): 9.9}
+
+
+def cost(backend: str, dtype: str) -> float:
+    """Relative weight of one cell of (backend, dtype) when the workers are shared out."""
+    if backend == "cuda":
+        return 1.0  # its random problems are cheap, but it should keep its own workers busy
+    return FIRST_S.get((backend, dtype), 8.0)
+
+
+# Failures of earlier runs: fixed first problems of their cells (run 10, H200). As reprs, so
+# that a record reproduces them; on the CPU (a logic test) they are shrunk (shrink_for_cpu).
+REPROS = {
+    ("triton", "backward", "float16"): [  # dslopes 64x band
+        "Problem(B=3, H=2, Hkv=2, N=7, M=7, D=17, E=60, dtype='float16', device='cuda', mask_kind='decay', "
+        "mask_shape='BHNM', mask_values='binary', slopes='mixed', scale=2.0, initial_state=True, "
+        "final_state=False, grads=('q', 'k', 'v', 'slopes', 'initial_state'), cu_seqlens=None, seed=150573592)"],
+    ("triton", "causality", "bfloat16"): [  # o 47x band
+        "Problem(B=2, H=2, Hkv=1, N=2039, M=2039, D=65, E=17, dtype='bfloat16', device='cuda', "
+        "mask_kind='decay', mask_shape='11NM', mask_values='binary', slopes='mixed', scale=1.0, "
+        "initial_state=False, final_state=False, grads=(), cu_seqlens=None, seed=1925797963)"],
+    ("triton", "varlen", "float64"): [  # OutOfResources: shared memory 393216 > 232448
+        "Problem(B=1, H=6, Hkv=3, N=131, M=131, D=256, E=256, dtype='float64', device='cuda', "
+        "mask_kind='decay', mask_shape='HNM', mask_values='real', slopes='tiny', scale=0.5, "
+        "initial_state=True, final_state=True, grads=('q', 'k', 'v', 'slopes', 'initial_state'), "
+        "cu_seqlens=(0, 18, 33, 69, 93, 131), seed=772357610)"],
+}
 
 
 # ----------------------------------------------------------------------------------- drawing problems
@@ -269,21 +317,119 @@ def long_n_problems():
         ("linearity_v", P(B=1, H=2, Hkv=2, N=n(16384), M=n(16384), D=32, E=64, dtype="float16", mask_kind="decay",
                           slopes="tiny", final_state=True, grads=g, seed=38)),
     ]
+    # float32 last, and in the specialisation of the float32 workers' first problems (decay,
+    # state in and out, all gradients, D48/E64, N % 16 != 0): run 10's float32 problems here
+    # compiled their own kernels (70 s for backward; state_split was cut off after 32 s)
+    g32 = g + ("slopes", "initial_state")
+    d32, e32 = (48, 64) if not CPU else (5, 7)
     extra = [  # if time is left: the other dtypes, N = 32768
-        ("backward", P(B=1, H=2, Hkv=2, N=n(16385), M=n(16385), D=64, E=64, dtype="float32", mask_kind="causal",
-                       final_state=True, grads=g, seed=41)),
         ("backward", P(B=1, H=2, Hkv=1, N=n(32768), M=n(32768), D=dh, E=dh, dtype="bfloat16", mask_kind="decay",
                        slopes="tnl", initial_state=True, final_state=True, grads=g + ("initial_state",), seed=42)),
         ("forward", P(B=1, H=2, Hkv=1, N=n(16384), M=n(16384), D=64, E=64, dtype="float64", mask_kind="decay",
                       slopes="mixed", initial_state=True, final_state=True, seed=43)),
-        ("state_split", P(B=1, H=2, Hkv=2, N=n(16400), M=n(16400), D=32, E=32, dtype="float32", mask_kind="decay",
-                          slopes="moderate", initial_state=True, final_state=True, grads=g, seed=44)),
+        ("state_split", P(B=1, H=2, Hkv=2, N=n(16403), M=n(16403), D=d32, E=e32, dtype="float32", mask_kind="decay",
+                          slopes="moderate", initial_state=True, final_state=True, grads=g32, seed=44)),
+        ("backward", P(B=1, H=2, Hkv=2, N=n(16385), M=n(16385), D=d32, E=e32, dtype="float32", mask_kind="decay",
+                       slopes="tnl", initial_state=True, final_state=True, grads=g32, seed=41)),
     ]
     if CPU:  # the interpreter: small heads
         import dataclasses
 
         first, extra = ([(a, dataclasses.replace(p, D=min(p.D, 8), E=min(p.E, 6))) for a, p in x] for x in (first, extra))
     return first + extra
+
+
+# ----------------------------------------------------------------------------------- cells, reprs
+def parse_cells(text: str):
+    """``HARNESS_CELLS`` -> (short cells, long cells) as sets of (backend, property, dtype);
+    None for an empty text (every cell). ValueError naming what was expected."""
+    if not text.strip():
+        return None
+    short, long = set(), set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = item.split("/")
+        is_long = len(parts) == 4 and parts[3] == "long"
+        if len(parts) != 3 and not is_long:
+            raise ValueError(f"HARNESS_CELLS: expected backend/property/dtype[/long], got {item!r}")
+        b, prop, d = parts[:3]
+        if b not in ("triton", "triton_dense", "cuda"):
+            raise ValueError(f"HARNESS_CELLS: backend must be triton, triton_dense or cuda, got {b!r} in {item!r}")
+        if prop not in PROPS:
+            raise ValueError(f"HARNESS_CELLS: property must be one of {', '.join(PROPS)}, got {prop!r} in {item!r}")
+        if d not in DTYPES:
+            raise ValueError(f"HARNESS_CELLS: dtype must be one of {', '.join(DTYPES)}, got {d!r} in {item!r}")
+        if is_long and b != "triton":
+            raise ValueError(f"HARNESS_CELLS: only triton has long-N cells, got {item!r}")
+        (long if is_long else short).add((b, prop, d))
+    if not short and not long:
+        raise ValueError(f"HARNESS_CELLS: no cell in {text!r}")
+    return short, long
+
+
+def parse_problem(text: str):
+    """A ``Problem(...)`` repr (keyword literals only, no code) -> Problem; ValueError else."""
+    import ast
+
+    from linattn.testing import Problem
+
+    try:
+        node = ast.parse(text.strip(), mode="eval").body
+    except SyntaxError as e:
+        raise ValueError(f"expected a Problem(...) repr, got {text[:120]!r}: {e}") from None
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Problem"
+            and not node.args):
+        raise ValueError(f"expected Problem(field=literal, ...), got {text[:120]!r}")
+    try:
+        kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError:
+        raise ValueError(f"expected literal field values in {text[:120]!r}") from None
+    return Problem(**kw)
+
+
+def for_this_device(p):
+    """A repr's Problem on HARNESS_DEVICE; on the CPU (the interpreter) at most N 61, D/E 8."""
+    if not CPU:
+        return p.replace(device=DEVICE)
+    N = min(p.N, 61)
+    M = N if (p.causal or p.M == p.N) else min(p.M, 61)
+    cu = None
+    if p.cu_seqlens is not None:  # the same cuts, scaled to N
+        cu = tuple(sorted(c * N // p.N for c in p.cu_seqlens[:-1])) + (N,)
+    return p.replace(device=DEVICE, N=N, M=M, D=min(p.D, 8), E=min(p.E, 8), cu_seqlens=cu)
+
+
+def load_repros(sel):
+    """{(backend, prop, dtype): [repr]} and [(prop, repr)] for the long-N worker: REPROS and
+    HARNESS_REPROS_FROM's failures (a harness_gpu.json), within the selection ``sel``."""
+    short, long = {}, []
+    if not USE_REPROS:
+        return short, long
+    items = [(c, r, False) for c, rs in REPROS.items() for r in rs]
+    src = os.environ.get("HARNESS_REPROS_FROM")
+    if src:
+        try:
+            d = json.load(open(src))
+            for row in d["cells"]:
+                for f in row.get("failures") or []:
+                    items.append(((row["backend"], row["property"], row["dtype"]), f["problem"], bool(row["long_n"])))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"HARNESS_REPROS_FROM: expected a harness_gpu.json with cells[].failures[].problem, "
+                             f"{src}: {type(e).__name__}: {e}") from None
+    for c, r, is_long in items:
+        p = parse_problem(r)  # ValueError names the text
+        if p.dtype != c[2]:
+            raise ValueError(f"repro for {'/'.join(c)} has dtype {p.dtype}: {r[:120]}")
+        if sel is not None and c not in (sel[1] if is_long else sel[0]):
+            continue
+        if is_long:
+            if (c[1], r) not in long:
+                long.append((c[1], r))
+        elif r not in short.setdefault(c, []):
+            short[c].append(r)
+    return short, long
 
 
 # ----------------------------------------------------------------------------------- worker
@@ -344,7 +490,10 @@ def worker_main(spec_path: str) -> int:
     targets = {}
     caps = spec["caps"]
     cells = [tuple(c) for c in spec["cells"]]  # (backend, prop, dtype)
-    st = {c: dict(n=0, skip=0, used=0.0, last=0.0, done=False, why="") for c in cells}
+    fails0 = spec.get("fails", {})  # failures this cell had in workers before this one
+    st = {c: dict(n=0, skip=0, used=0.0, last=0.0, fails=fails0.get("/".join(c), 0), why="") for c in cells}
+    for s_ in st.values():
+        s_["done"] = s_["fails"] >= MAX_FAILS
     rng = {c: random.Random(f"{spec['seed']}/{'/'.join(c)}") for c in cells}
 
     def run_one(c, p):
@@ -371,7 +520,8 @@ def worker_main(spec_path: str) -> int:
             log(ev="oom" if oom else "error", cell=c, problem=repr(p), describe=p.describe(), s=round(dt, 2),
                 error=f"{type(e).__name__}: {str(e)[:1500]}", tb=traceback.format_exc()[-4000:])
             if not oom:
-                s["done"] = True  # a cell stops at its first failure
+                s["fails"] += 1
+                s["done"] = s["fails"] >= MAX_FAILS  # record a few, so a fix is judged on more than one
             if not CPU:
                 try:
                     torch.cuda.synchronize()
@@ -391,7 +541,8 @@ def worker_main(spec_path: str) -> int:
                    N=p.N, worst=res.worst_fraction, worst_q=w.quantity if w else None, top=_compact(res, p))
         if not res.ok:
             rec["message"] = res.message()[:6000]
-            s["done"] = True
+            s["fails"] += 1
+            s["done"] = s["fails"] >= MAX_FAILS
         log(**rec)
         if not CPU and p.B * p.H * p.N * p.M > (1 << 22):
             torch.cuda.empty_cache()
@@ -422,20 +573,48 @@ def worker_main(spec_path: str) -> int:
                 if c[0] == b:
                     st[c]["done"], st[c]["why"] = True, f"{type(e).__name__}: {e}"[:200]
 
+    def fixed(c, text):
+        """Run one given Problem repr in cell c (a repro); a parse error or a limit the
+        backend declares is logged, not raised."""
+        try:
+            p = for_this_device(parse_problem(text))
+        except Exception:
+            log(ev="draw_error", cell=c, error=traceback.format_exc()[-2000:])
+            return
+        why = targets[c[0]].unsupported(p) if c[0] in targets else "no target"
+        if why is not None:
+            st[c]["skip"] += 1
+            st[c]["why"] = why[:200]
+            log(ev="skip", cell=c, describe=p.describe(), why=f"repro: {why}"[:200], s=0.0)
+            return
+        run_one(c, p)
+
     if spec.get("long"):
         skip = set(spec.get("skip_problems", []))  # tried by an earlier worker (timed out)
-        for prop, p in long_n_problems():
+        for prop, text in spec.get("long_problems", []):  # repros first, then long_n_problems()
             if time.time() > deadline - 2:
                 break
-            if repr(p) in skip:
+            try:
+                p = for_this_device(parse_problem(text))
+            except Exception:
+                log(ev="draw_error", error=traceback.format_exc()[-2000:])
+                continue
+            if text in skip or repr(p) in skip:
                 continue
             c = ("triton", prop, p.dtype)
-            st.setdefault(c, dict(n=0, skip=0, used=0.0, last=0.0, done=False, why=""))
+            st.setdefault(c, dict(n=0, skip=0, used=0.0, last=0.0, fails=0, done=False, why=""))
             run_one(c, p)
         log(ev="bye")
         return 0
 
-    # phase 0 then 1: every cell once, in order; then the cell with the least time used
+    # the cells' fixed problems (earlier failures) first, then phase 0 then 1: every cell
+    # once, in order; then the cell with the least time used
+    repros = spec.get("repros", {})
+    for c in cells:
+        for text in repros.get("/".join(c), []):
+            if st[c]["done"] or time.time() > deadline - 1:
+                break
+            fixed(c, text)
     for phase in (0, 1):
         for c in cells:
             if st[c]["done"] or time.time() > deadline - 1:
@@ -485,6 +664,8 @@ def plan(families: dict, n_workers: int) -> list:
     """Share ``n_workers`` among families {key: (cost per cell, [cells])}; split each family's
     cells into contiguous runs. Returns [(family key, [cells])]."""
     keys = [k for k, (_, cells) in families.items() if cells]
+    if not keys:
+        return []
     weight = {k: families[k][0] * len(families[k][1]) for k in keys}
     if n_workers < len(keys):  # fewer workers than families: merge the lightest into the heaviest lists
         keys.sort(key=lambda k: -weight[k])
@@ -529,7 +710,10 @@ class Parent:
         self.n_spawned = 0
         self.spawns = {}  # family key -> workers started for it (at most 4: no respawn loops)
         self.long_ids = set()
-        self.long_list = []
+        self.long_list = []  # (property, Problem repr) for the long-N worker, in order
+        self.long_cells = set()  # (backend, prop, dtype) of long_list
+        self.selected = None  # HARNESS_CELLS: (short cells, long cells), None for all
+        self.repros = {}  # cell -> [Problem repr]: fixed first problems
 
     def log(self, *a):
         print(f"[{time.time() - self.t0:6.1f}s]", *a, flush=True)
@@ -539,8 +723,13 @@ class Parent:
         self.n_spawned += 1
         self.spawns[key] = self.spawns.get(key, 0) + 1
         logp = os.path.join(self.parts, f"w{wid:02d}.jsonl")
+        tried = {e.get("problem") for e in self.events}
         spec = dict(cells=[list(c) for c in cells], caps=self.caps, deadline=self.deadline - 2, log=logp,
                     seed=f"{key}/{self.spawns[key]}", long=long, skip_problems=list(skip_problems),
+                    long_problems=self.long_list if long else [],
+                    repros={"/".join(c): [r for r in self.repros.get(c, []) if r not in tried] for c in cells
+                            if self.repros.get(c)},
+                    fails={"/".join(c): self.fails(c) for c in cells if self.fails(c)},
                     nice=0 if key.startswith("cuda") else 3)
         sp = os.path.join(self.parts, f"w{wid:02d}.spec.json")
         json.dump(spec, open(sp, "w"))
@@ -609,13 +798,16 @@ class Parent:
                 self.dead_cells.add(c)
             w["current"] = None
 
+    def fails(self, c):
+        """Failures (failed results and errors) recorded for cell c so far."""
+        return sum(1 for e in self.events if e.get("cell") == c and e.get("w") not in self.long_ids
+                   and (e["ev"] == "error" or (e["ev"] == "result" and not e["ok"])))
+
     def covered(self, c):
         return any(e.get("cell") == c and e["ev"] in ("result", "error") for e in self.events)
 
     def respawn(self, w):
-        left = [c for c in w["cells"] if c not in self.dead_cells
-                and not any(e.get("cell") == c and (e["ev"] == "error" or (e["ev"] == "result" and not e["ok"]))
-                            for e in self.events)]
+        left = [c for c in w["cells"] if c not in self.dead_cells and self.fails(c) < MAX_FAILS]
         if self.deadline - time.time() < 20 or self.spawns.get(w["key"], 0) >= 4:
             return
         if w["long"]:  # the fixed list, less the problems already tried
@@ -690,7 +882,7 @@ class Parent:
         cells = sorted(set(self.all_cells) | {e["cell"] for e in self.events if "cell" in e},
                        key=lambda c: (BACKENDS.index(c[0]) if c[0] in BACKENDS else 99, PROPS.index(c[1]),
                                       DTYPES.index(c[2])))
-        long_cells = {(p, pr.dtype) for p, pr in self.long_list}
+        long_cells = {(c[1], c[2]) for c in self.long_cells}
         for c in cells:
             evs = [e for e in self.events if e.get("cell") == c]
             for long in (False, True):
@@ -715,6 +907,8 @@ class Parent:
                 worst = max(rr, key=lambda e: e["worst"], default=None)
                 rows.append(dict(
                     backend=c[0], property=c[1], dtype=c[2], long_n=long, status=status, run=len(rr) + len(ee),
+                    fails=len(ff) + len(ee),
+                    repros_failed=sum(1 for e in ff + ee if e.get("problem") in set(self.repros.get(c, []))),
                     skip=len(sk), oom=len(oo), max_n=max([e["N"] for e in rr], default=None),
                     worst=worst["worst"] if worst else None, worst_q=worst["worst_q"] if worst else None,
                     worst_problem=worst["describe"] if worst else None,
@@ -747,8 +941,12 @@ class Parent:
     def print_table(self, rows):
         fails = [r for r in rows if r["status"] in ("FAIL", "timeout")]
         for r in fails:
-            for f in r.get("failures", []):
-                print(f"\n--- FAIL {r['backend']}/{r['property']}/{r['dtype']}: {f['message'][:1500]}\n"
+            name = f"{r['backend']}/{r['property']}/{r['dtype']}{' N>=16384' if r['long_n'] else ''}"
+            for i, f in enumerate(r.get("failures", [])):
+                msg = f["message"] or ""
+                if i:  # the first in full; the others: the table line of their worst quantity
+                    msg = " | ".join(x.strip() for x in msg.splitlines()[:4] if x.strip())[:400]
+                print(f"\n--- FAIL {i + 1}/{len(r['failures'])} {name}: {msg[:1500]}\n"
                       f"problem = {f['problem']}", flush=True)
             for t in r.get("timeouts", []):
                 print(f"\n--- {t['ev'].upper()} {r['backend']}/{r['property']}/{r['dtype']} after {t['s']}s:"
@@ -756,7 +954,8 @@ class Parent:
         print(f"\nharness_gpu on {self.meta.get('device')} (torch {self.meta.get('torch')}, triton "
               f"{self.meta.get('triton')}), {time.time() - self.t0:.0f}s of {BUDGET_S:.0f}s, "
               f"{self.n_spawned} worker processes, {sum(1 for e in self.events if e['ev'] == 'result')} problems")
-        print("cell: status runs worst-error/band (pass/FAIL/timeout/not run/n-a); long N rows: triton at N >= 16384")
+        print("cell: status runs worst-error/band (pass/FAIL/timeout/not run/n-a; FAILk/n: k of n failed); "
+              "long N rows: triton at N >= 16384")
         short = {"pass": "pass", "FAIL": "FAIL", "timeout": "TIME", "not run": "-", "n/a": "n/a"}
         by = {}
         for r in rows:
@@ -772,12 +971,13 @@ class Parent:
             for d in DTYPES:
                 r = dd.get(d)
                 if r is None:
-                    cols.append(f"{'':>17s}" if long else f"{'n/a':>17s}")
+                    cols.append(f"{'':>17s}" if long or self.selected is not None else f"{'n/a':>17s}")
                     continue
                 s = short[r["status"]]
                 if r["status"] in ("pass", "FAIL"):
                     w = "-" if r.get("worst") is None else f"{r['worst']:.2f}"
-                    s = f"{s} {r['run']:3d} {w:>5s}"
+                    s = f"{s} {r['run']:3d} {w:>5s}" if r["status"] == "pass" else \
+                        f"{s}{len(r['failures'])}/{r['run']:<3d} {w:>5s}"
                 cols.append(f"{s:>17s}")
             name = p + (" N>=16384" if long else "")
             print(f"{b:13s} {name:20s} " + " ".join(cols))
@@ -823,6 +1023,23 @@ class Parent:
             print("harness_gpu: no CUDA device; nothing to do")
             return 0
         self.meta["device"] = "cpu (logic test)" if CPU else torch.cuda.get_device_name()
+        try:  # bad input: a clear error before any worker starts
+            self.selected = sel = parse_cells(os.environ.get("HARNESS_CELLS", ""))
+            repros, long_repros = load_repros(sel)
+            norm = lambda r: repr(for_this_device(parse_problem(r)))  # noqa: E731  (as the worker runs it)
+            self.repros = {c: [norm(r) for r in rs] for c, rs in repros.items()}
+            long_repros = [(prop, norm(r)) for prop, r in long_repros]
+        except ValueError as e:
+            print(f"harness_gpu: {e}", flush=True)
+            return 2
+        if sel is not None:
+            self.meta["selected"] = sorted("/".join(c) for c in sel[0]) + sorted("/".join(c) + "/long" for c in sel[1])
+            self.log(f"HARNESS_CELLS: {len(sel[0])} cells, {len(sel[1])} long-N cells")
+        if self.repros or long_repros:
+            self.meta["repros"] = {"/".join(c): rs for c, rs in self.repros.items()}
+            self.meta["long_repros"] = long_repros
+            self.log(f"fixed first problems (repros): {sum(len(r) for r in self.repros.values())} in "
+                     f"{len(self.repros)} cells, {len(long_repros)} long-N")
         self.all_cells = []
         families = {}
         for name in BACKENDS:
@@ -836,6 +1053,8 @@ class Parent:
                 self.log(f"{name}: unavailable ({why or 'not on ' + DEVICE})")
                 for p in PROPS:
                     for d in DTYPES:
+                        if sel is not None and (name, p, d) not in sel[0]:
+                            continue
                         self.na[(name, p, d)] = f"unavailable: {why or 'not on ' + DEVICE}"
                         self.all_cells.append((name, p, d))
                 continue
@@ -843,6 +1062,8 @@ class Parent:
             for d in DTYPES:
                 for p in PROPS:
                     c = (name, p, d)
+                    if sel is not None and c not in sel[0]:
+                        continue
                     self.all_cells.append(c)
                     why = _applicability(name, caps, p, d, PROPERTIES, as_target)
                     if why:
@@ -850,10 +1071,15 @@ class Parent:
                         continue
                     # a family shares kernels (a Triton backend in one dtype); cuda compiles nothing
                     key = "cuda:all" if name == "cuda" else f"{name}:{d}"
-                    families.setdefault(key, (COST[name], []))[1].append(c)
+                    families.setdefault(key, (cost(name, d), []))[1].append(c)
         cores = os.cpu_count() or 2
         n_workers = int(os.environ.get("HARNESS_WORKERS", str(max(2, min(15, cores - 1)))))  # + parent, build
         long = LONG_N and "triton" in self.caps and "float16" in self.caps["triton"]["dtypes"]
+        if long:  # repros first, then the fixed list; only the selected cells' problems
+            self.long_list = long_repros + [(prop, repr(for_this_device(p))) for prop, p in long_n_problems()
+                                            if sel is None or ("triton", prop, p.dtype) in sel[1]]
+            self.long_cells = {("triton", prop, parse_problem(r).dtype) for prop, r in self.long_list}
+            long = bool(self.long_list)
         n_long = 1 if long else 0
         parts = plan(families, max(1, n_workers - n_long))
         self.log(f"{len(self.all_cells)} cells, {sum(len(c) for _, c in parts)} to run, {len(self.na)} n/a; "
@@ -872,7 +1098,6 @@ class Parent:
                 self.pending_cuda = cuda_parts
                 self.log(f"cuda build started (pid {self.build.pid}); {len(cuda_parts)} cuda workers wait for it")
         if long:
-            self.long_list = long_n_problems()
             w = self.spawn("triton:long", [], long=True)
             self.long_ids.add(w["id"])
         for k, cells in parts:
@@ -943,7 +1168,7 @@ def selftest() -> int:
             for prop in PROPS:
                 if _applicability(name, caps, prop, d, PROPERTIES, as_target):
                     continue
-                fam.setdefault("cuda:all" if name == "cuda" else f"{name}:{d}", (COST[name], []))[1].append(
+                fam.setdefault("cuda:all" if name == "cuda" else f"{name}:{d}", (cost(name, d), []))[1].append(
                     (name, prop, d))
                 rng = random.Random(f"selftest/{name}/{prop}/{d}")
                 for phase in [0, 1] + [2] * 40:
@@ -966,9 +1191,54 @@ def selftest() -> int:
         want = sorted(c for _, cells in fam.values() for c in cells)
         if got != want:
             bad.append(f"plan({w}) does not cover every cell exactly once")
-    for prop, p in long_n_problems():
+    long_list = long_n_problems()
+    for prop, p in long_list:
         if not CPU and p.N < 16384:
             bad.append(f"long-N problem below 16384: {p.describe()}")
+    dts = [p.dtype for _, p in long_list]
+    if "float32" in dts and any(d != "float32" for d in dts[dts.index("float32"):]):
+        bad.append(f"long-N float32 problems are not last: {dts}")
+    # every cell gets a first problem early: no worker holds more than ~70 s of first problems
+    for w in (14,):
+        for k, cells in plan(fam, w):
+            first = sum(FIRST_S.get((c[0], c[2]), 0.0) for c in cells)
+            if first > 70:
+                bad.append(f"plan({w}): worker {k} holds {len(cells)} cells, {first:.0f}s of first problems")
+    # the repros: parse, their cell's dtype, served by their backend, valid on this device
+    backends = {name: dataclasses.replace(linattn.get_backend(name), available=lambda: None,
+                                          devices=frozenset({DEVICE})) for name in ("triton", "triton_dense")}
+    for c, rs in REPROS.items():
+        for r in rs:
+            try:
+                p = for_this_device(parse_problem(r))
+            except Exception as e:
+                bad.append(f"repro {'/'.join(c)}: {type(e).__name__}: {e}")
+                continue
+            if repr(parse_problem(repr(p))) != repr(p) or repr(for_this_device(p)) != repr(p):
+                bad.append(f"repro {'/'.join(c)}: repr does not round-trip: {p!r}")
+            if p.dtype != c[2] or (not CPU and repr(p) != r):
+                bad.append(f"repro {'/'.join(c)}: dtype or text changed: {p!r}")
+            why = backends[c[0]].unsupported(p.request())
+            if why:
+                bad.append(f"repro {'/'.join(c)}: unsupported {why}")
+    for text, want in [("triton/backward/float16,triton/state_split/float32/long",
+                        ({("triton", "backward", "float16")}, {("triton", "state_split", "float32")})),
+                       ("", None)]:
+        if parse_cells(text) != want:
+            bad.append(f"parse_cells({text!r}) = {parse_cells(text)}")
+    for text in ("triton/backward", "tritn/backward/float16", "triton/backwards/float16", "triton/backward/fp16",
+                 "cuda/forward/float16/long", ","):
+        try:
+            parse_cells(text)
+            bad.append(f"parse_cells({text!r}) accepted")
+        except ValueError:
+            pass
+    for text in ("Problem(B=__import__('os').getpid())", "Problem(1, 2)", "os.system('x')", "Problem(B=1"):
+        try:
+            parse_problem(text)
+            bad.append(f"parse_problem({text!r}) accepted")
+        except ValueError:
+            pass
     print(f"selftest: {n} problems drawn for {sum(len(c) for _, c in fam.values())} cells; {len(bad)} problems")
     for x in bad[:40]:
         print("  ", x)
