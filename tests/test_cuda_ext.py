@@ -254,6 +254,72 @@ def test_emulated_presplit_engine_is_bitwise_v3(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
+@needs_emu
+@pytest.mark.parametrize("case", ["mask-decay-gqa", "mask-rect", "causal-nomask"])
+def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
+    """float32, DA <= 64: v5's tile schedule (Tf32x3SplitEarlyEngine: next mask issued after the
+    weighting, no end-of-tile barrier) gives bitwise the results of v4's schedule
+    (LINATTN_CUDA_FP32_EARLYMASK=0) and of v3's per-warp splits (LINATTN_CUDA_FP32_PRESPLIT=0),
+    in row and col mode, with and without a mask, ragged tile ends."""
+    if case == "mask-decay-gqa":
+        p, _ = _problem(1, 4, 2, 75, 75, 64, 33, mask_shape=(1, 4, 75, 75), decay=True, seed=5)
+        causal = True
+    elif case == "mask-rect":
+        p, _ = _problem(2, 2, 2, 70, 101, 48, 64, mask_shape=(1, 1, 70, 101), seed=7)
+        causal = False
+    else:
+        p, _ = _problem(2, 2, 1, 97, 97, 40, 24, seed=6)
+        causal = True
+    do = torch.randn(*p["q"].shape[:3], p["v"].shape[3], generator=torch.Generator().manual_seed(2),
+                     dtype=torch.float64)
+    runs = []
+    for env in ({"LINATTN_CUDA_FP32_PRESPLIT": "0"}, {"LINATTN_CUDA_FP32_EARLYMASK": "0"},
+                {"LINATTN_CUDA_FP32_EARLYMASK": "1"}):
+        monkeypatch.delenv("LINATTN_CUDA_FP32_PRESPLIT", raising=False)
+        monkeypatch.delenv("LINATTN_CUDA_FP32_EARLYMASK", raising=False)
+        for k_, v_ in env.items():
+            monkeypatch.setenv(k_, v_)
+        o, _, grads = _run(_emu, p, torch.float32, causal=causal, do=do)
+        runs.append([o] + [grads[n] for n in ("q", "k", "v")])
+    for other in runs[:2]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[2], other))
+
+
+def _tf32_rna_reference(u):
+    """cvt.rna.tf32.f32 on float32 bit patterns (int64 array): NaN and inf unchanged, else
+    round the magnitude to 10 fraction bits, ties away from zero (sign-magnitude bits)."""
+    import numpy as np
+
+    special = (u & 0x7F800000) == 0x7F800000
+    mag = u & 0x7FFFFFFF
+    low = mag & 0x1FFF
+    up = low >= 0x1000
+    r = (mag - low) + np.where(up, 0x2000, 0)
+    return np.where(special, u, (u & 0x80000000) | r)
+
+
+def test_fast_tf32_rounding_matches_cvt_rna():
+    """mma.cuh's two-instruction hi rounding, (u + 0x1000) & 0xffffe000, is bitwise cvt.rna on
+    every non-NaN float32: random patterns of every exponent, ties, carries into the exponent,
+    subnormals, zeros, the largest floats (round to inf) and inf."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    u = rng.integers(0, 2**32, size=2_000_000, dtype=np.int64)
+    edge = []
+    for e in (0, 1, 2, 100, 126, 127, 128, 253, 254):
+        for m in (0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FEFFF, 0x7FF000, 0x7FFFFF):
+            edge += [(e << 23) | m, 0x80000000 | (e << 23) | m]
+    edge += [0x7F800000, 0xFF800000]
+    u = np.concatenate([u, np.array(edge, dtype=np.int64)])
+    u = u[(u & 0x7FFFFFFF) <= 0x7F800000]  # NaN excluded (split_tf32 relies on lo for NaN)
+    fast = (u + 0x1000) & 0xFFFFE000
+    assert np.array_equal(fast, _tf32_rna_reference(u))
+    # the emulator's model of cvt.rna (emu.h) is the same rule
+    assert np.array_equal(_tf32_rna_reference(u), np.where((u & 0x7F800000) == 0x7F800000, u,
+                                                           (u + 0x1000) & 0xFFFFE000))
+
+
 ONE_TERM_FAILURES = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
 
 

@@ -65,6 +65,7 @@ __device__ __forceinline__ void scores_in_stretches(float (&s)[E::NJ][4], const 
 struct Tf32x3Engine {
   using T = float;
   static constexpr bool PRESPLIT = false;
+  static constexpr bool EARLYMASK = false;  // v5 schedule (Tf32x3SplitEarlyEngine below)
   static constexpr int BNc = 32;       // contracted columns per tile
   static constexpr int NJ = BNc / 8;   // accumulator fragments of S
   static constexpr int LDC = BE + 4;   // C tile row stride: rows 2t, 2t+1 of a fragment on distinct banks
@@ -269,6 +270,20 @@ struct Tf32x3SplitEngine : Tf32x3Engine {
   }
 };
 
+// v5: Tf32x3SplitEngine with v5's tile schedule (masked_product.cuh, "v5 schedule").
+// Single-buffered, v4 issued the next tile's mask only after a barrier at the very end of the
+// tile, so every tile first waited a fresh L2 round trip for its mask. v5 puts that barrier
+// right after the weighting P = S ⊙ W' (the last read of the mask tile) and issues the next
+// mask there, so it loads behind the tile's P c products; the end-of-tile barrier goes (the
+// next tile's first barrier already orders the next split after this tile's reads of the
+// split tiles). Still three barriers a tile with a mask, two without. (Holding each warp's 16
+// mask values in registers instead, to issue the mask with b and c, spilled 212 bytes.)
+// Products, weights and sums are v4's in v4's order: results are bitwise the same.
+// LINATTN_CUDA_FP32_EARLYMASK=0 selects v4's schedule.
+struct Tf32x3SplitEarlyEngine : Tf32x3SplitEngine {
+  static constexpr bool EARLYMASK = true;
+};
+
 // float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the
 // kernel and its tiles are the same; only the two products differ). For short contractions
 // (kernels.cuh, `fp32_use_ffma`): 3xTF32 carries 22 of float32's 24 significand bits per
@@ -280,6 +295,7 @@ struct Tf32x3SplitEngine : Tf32x3Engine {
 struct Fp32FmaEngine {
   using T = float;
   static constexpr bool PRESPLIT = false;
+  static constexpr bool EARLYMASK = false;
   static constexpr int BNc = 32;
   static constexpr int NJ = BNc / 8;
   static constexpr int LDC = BE + 4;
@@ -333,6 +349,7 @@ template <class Tin>
 struct HalfMmaEngine {
   using T = Tin;
   static constexpr bool PRESPLIT = false;
+  static constexpr bool EARLYMASK = false;
   static constexpr int BNc = 64;
   static constexpr int NJ = BNc / 8;
   static constexpr int LDC = BE + 8;   // 144-byte rows: ldmatrix rows on distinct banks

@@ -130,11 +130,23 @@ inline bool fp32_use_presplit(const ProductArgs& p) {
   return Tf32x3SplitEngine::kpad(p.da) <= Tf32x3SplitEngine::MAX_KP;
 }
 
+// v5's tile schedule for the pre-split engine (Tf32x3SplitEarlyEngine: the next mask tile
+// issued right after the weighting, loading behind the P c products; no end-of-tile barrier);
+// LINATTN_CUDA_FP32_EARLYMASK=0 keeps v4's (bitwise the same results; for timing).
+inline bool fp32_use_earlymask() {
+  if (const char* env = std::getenv("LINATTN_CUDA_FP32_EARLYMASK")) {
+    if (env[0] == '0') return false;
+  }
+  return true;
+}
+
 // (a template so that only the float32 translation unit instantiates the float32 kernels)
 template <class Unused = void>
 const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
   if (fp32_use_ffma(p)) return launch_product_t<Fp32FmaEngine>(p, stream);
-  if (fp32_use_presplit(p)) return launch_product_t<Tf32x3SplitEngine>(p, stream);
+  if (fp32_use_presplit(p))
+    return fp32_use_earlymask() ? launch_product_t<Tf32x3SplitEarlyEngine>(p, stream)
+                              : launch_product_t<Tf32x3SplitEngine>(p, stream);
   return launch_product_t<Tf32x3Engine>(p, stream);
 }
 

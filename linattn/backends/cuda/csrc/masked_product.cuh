@@ -179,6 +179,11 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
   }
   const T* Aw = L.As + warp * 16 * lda;
   const bool decay = p.slopes != nullptr;
+  // v5 schedule (Eng::EARLYMASK, single buffer): the next tile's mask is issued as soon as
+  // every warp has weighted its scores (one barrier there), so it loads behind this tile's
+  // P c products, and the end-of-tile barrier goes (the next tile's first barrier orders the
+  // next split after this tile's reads of the split tiles)
+  const bool early = Eng::EARLYMASK && stages == 1;
   for (int it = 0; it < n_it; ++it) {
     const int cur = stages == 2 ? (it & 1) : 0;
     if (stages == 2 && it + 1 < n_it) {
@@ -188,6 +193,7 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
       cp_async_wait<0>();
     }
     __syncthreads();  // every thread's copies of this iteration's tiles have landed
+                      // (v5: and every warp is done with the previous tile's split tiles)
 
     float s[NJ][4];  // S rows 16w + g (+8), columns c0 + 8j + 2t (+1)
 #pragma unroll
@@ -198,7 +204,7 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
       Eng::template presplit<NTH>(L.Bx, L.Cx, L.Bs + cur * L.bstep, L.Cs + cur * L.cstep, lda, Kp);
       __syncthreads();
       // single buffer: raw b and c are consumed, so the next tile's b and c load during this
-      // tile's products; its mask tile (still read below) follows after the closing barrier
+      // tile's products; its mask tile (still read below) follows later
       if (stages == 1 && it + 1 < n_it) issue(it + 1, 0, 1);
       Eng::scores_x(s, Aw, L.Bx, lda, Kp);
     } else {
@@ -219,6 +225,16 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
           if (Ms) w *= Num<T>::to_f(col ? Ms[cl * L.ldm + rl] : Ms[rl * L.ldm + cl]);
           s[j][e] *= w;
         }
+    }
+    if constexpr (Eng::EARLYMASK) {
+      if (early) {  // v5: the mask buffer is free once every warp has weighted its scores
+        if (p.mask && it + 1 < n_it) {
+          __syncthreads();
+          issue(it + 1, 0, 2);
+        }
+        Eng::accumulate_x(o, s, L.Cx);
+        continue;  // the next tile's first barrier orders the rest
+      }
     }
     if constexpr (Eng::PRESPLIT) Eng::accumulate_x(o, s, L.Cx);
     else Eng::accumulate(o, s, L.Cs + cur * L.cstep);

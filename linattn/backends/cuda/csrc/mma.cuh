@@ -40,8 +40,24 @@ __device__ __forceinline__ float tf32_value(uint32_t u) {
   return x;
 }
 
+// The same rounding as cvt.rna for finite x and for ±inf, in two integer instructions: adding
+// half a tf32 ulp (0x1000) to the magnitude bits and clearing the 13 low bits rounds to
+// nearest, ties away from zero, carries into the exponent included (the largest floats round
+// to inf, as cvt.rna does). sm_90 has no cvt.rna.tf32 instruction: ptxas emits four (add,
+// |x| < inf test, select, mask), the test only keeping NaN a NaN. NaN is the one difference:
+// here its bits may turn into anything; split_tf32 below relies on lo for NaN propagation.
+__device__ __forceinline__ uint32_t to_tf32_finite(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof(u));
+  return (u + 0x1000u) & 0xffffe000u;
+}
+
+// x = hi + lo (3xTF32). hi is rounded with the two-instruction form (bitwise cvt.rna for every
+// non-NaN x); lo = tf32(x - hi) with cvt.rna, so a NaN x gives a NaN lo (x - hi is NaN whatever
+// hi is) and NaN still propagates through the a_hi b_lo / a_lo b_hi products. Results are
+// bitwise those of cvt.rna for both parts (v4) on all non-NaN inputs.
 __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
-  hi = to_tf32(x);
+  hi = to_tf32_finite(x);
   lo = to_tf32(x - tf32_value(hi));
 }
 
