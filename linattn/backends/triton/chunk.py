@@ -67,16 +67,23 @@ class ChunkConfig:
     bwd_split    the same for the backward pass
     fwd_bv       output kernel: E channels per program (it holds all of D)
     fwd_warps, fwd_stages        num_warps / num_stages of the output kernel
-    fwd_peel     1: the output kernel runs full chunks with their decay factors computed
-                 once and no row masks, a partial last chunk after the loop (0: v3's loop)
+    fwd_peel     1 (the default): the output kernel runs full chunks with their decay
+                 factors computed once and no row masks, a partial last chunk after the
+                 loop; -1: v3's loop (every chunk computes its own factors and masks)
     fwd_early    1: the output kernel issues the state product before the intra-chunk one
-    state_bk, state_bv, state_warps   the split-state kernel's tile and warps
+    state_bk, state_bv, state_warps, state_stages   the split-state kernel's tile, warps, stages
     bwd_bk       dq and dk kernels: D channels per program (they hold all of E)
     bwd_bv       dv kernel: E channels per program (it holds all of D)
     bwd_warps, bwd_stages        num_warps / num_stages of the three backward kernels
     bwd_dkv_warps, bwd_dkv_stages    the same for the dk/dv launch alone (0: as above); on
                  sm_90 (ptxas, bf16 decay D = E = 128) that launch spills 344 bytes at 4 warps
                  and none at 8 (193 registers)
+    bwd_chunk    tokens per chunk in the backward pass (0: ``chunk``, or 32 where a 64-token
+                 chunk cannot fit shared memory: float64 with wide heads)
+
+    Stages default to what fits shared memory (``_fwd_tiles``/``_bwd_tiles``); a launch
+    that Triton still refuses (OutOfResources) is retried with fewer stages, then shorter
+    chunks, and the configuration that fitted is remembered per shape (``_run_fitted``).
     """
 
     chunk: int = 0
@@ -90,12 +97,14 @@ class ChunkConfig:
     state_bk: int = 0
     state_bv: int = 0
     state_warps: int = 0
+    state_stages: int = 0
     bwd_bk: int = 0
     bwd_bv: int = 0
     bwd_warps: int = 0
     bwd_stages: int = 0
     bwd_dkv_warps: int = 0
     bwd_dkv_stages: int = 0
+    bwd_chunk: int = 0
 
 
 _local = threading.local()
@@ -169,6 +178,85 @@ def _sm_count(device: torch.device) -> int:
 
 def _pow2(n: int) -> int:
     return common.next_pow2_tile(n)
+
+
+# -- shared memory ---------------------------------------------------------------------------
+#
+# Triton keeps ``num_stages`` copies of a loop's pipelined loads in shared memory, plus the
+# tiles it stages for products. The estimates below were fitted to what Triton 3.9 reports
+# compiling these kernels for sm_90 on the CPU (``metadata.shared``) and to Triton 3.6's
+# OutOfResources on an H200 (dq, float64 D = E = 256, 64-token chunks, 2 stages: 393216 B);
+# they pick the default stages. Where one is still too small, Triton refuses the launch
+# before it runs and ``_run_fitted`` retries with fewer stages, then shorter chunks.
+
+_SMEM_SM90 = 232448  # bytes one program may use on sm_90 (227 KiB, opt-in)
+_SMEM: dict = {}
+
+
+def _smem_limit(device: torch.device) -> int:
+    if device.type != "cuda":
+        return _SMEM_SM90  # the interpreter: plan as for an H100/H200
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    lim = _SMEM.get(index)
+    if lim is None:
+        props = torch.cuda.get_device_properties(index)
+        lim = _SMEM[index] = int(getattr(props, "shared_memory_per_block_optin", 0) or _SMEM_SM90)
+    return lim
+
+
+def _smem_fwd(dtype: torch.dtype, BT: int, BK: int, BV: int, stages: int) -> int:
+    """Bytes the output kernel needs: q, k [BT, BK] and v [BT, BV] per stage, plus one
+    staged operand tile."""
+    el = torch.empty((), dtype=dtype).element_size()
+    return el * (stages * BT * (2 * BK + BV) + max(BT * BT, BK * BV))
+
+
+def _smem_bwd(el: int, BT: int, BK: int, BKf: int, BE: int, BV: int, stages: int) -> int:
+    """Bytes the costlier backward launch needs, per stage the widest of the dq programs
+    (q, k [BT, BK], do, v [BT, BE]), dk programs (q [BT, BK], v, do [BT, BE]) and dv programs
+    (k, q [BT, BKf], do [BT, BV]), plus one staged [BT, BT] tile. Fitted to sm_90 (Triton 3.9):
+    bf16 D = E = 128, dq (BK 32) 3 stages 114688 B, dk/dv 122880 (this: 204800; float64 is
+    below it too)."""
+    width = max(2 * BK + 2 * BE, 2 * BKf + BV)
+    return el * (stages * BT * width + BT * BT)
+
+
+def _fitting_stages(need, limit: int, most: int) -> int:
+    for st in range(most, 1, -1):
+        if need(st) <= limit:
+            return st
+    return 1
+
+
+def _is_out_of_resources(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfResources" or "out of resource" in str(e)
+
+
+#: (pass, configuration in force, shapes and flags) -> the configuration that fitted
+_FITTED: dict = {}
+
+
+def _run_fitted(key, cfg: ChunkConfig, run, shrink):
+    """``run(cfg)``; on Triton's OutOfResources, ``run(shrink(cfg))`` and so on, remembering
+    what fitted under ``key``. A pass allocates its outputs afresh, so a retry is clean."""
+    c = _FITTED.get(key, cfg)
+    while True:
+        try:
+            out = run(c)
+        except Exception as e:  # noqa: BLE001 - only out-of-resources is retried
+            if not _is_out_of_resources(e):
+                raise
+            nxt = shrink(c)
+            if nxt is None:
+                raise RuntimeError(
+                    f"linattn triton chunk: no configuration fits this GPU's shared memory "
+                    f"(last tried {c}): {e}"
+                ) from e
+            c = nxt
+            continue
+        if c is not cfg:
+            _FITTED[key] = c
+        return out
 
 
 # -- planning a launch ------------------------------------------------------------------------
@@ -253,6 +341,9 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
 # -- the split-state pass (forward S at split starts, or backward G at split ends) ------------
 
 
+_STATE_STAGES = 3  # Triton's default num_stages, which the state kernel always had
+
+
 def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv: int,
                      reverse: bool, causal: bool, scale: float, cfg: ChunkConfig,
                      total_heads: Optional[int] = None):
@@ -277,7 +368,7 @@ def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv
         x, y, slopes, hs, plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS,
         HS=HS, XDIV=xdiv, DX=DX, DY=DY, BT=plan.BT, BK=BK, BV=BV,
         DECAY=decay, REVERSE=reverse, IS_VARLEN=varlen, SKIP_UNUSED=causal,
-        num_warps=cfg.state_warps or 4, **_dot_flags(x.dtype),
+        num_warps=cfg.state_warps or 4, num_stages=cfg.state_stages or _STATE_STAGES, **_dot_flags(x.dtype),
     )
     ht = None if causal else torch.empty(plan.n_seq, HS, DX, DY, device=x.device, dtype=sdt)
     chunk_scan_kernel[(plan.n_seq * HS * NK * NV,)](
@@ -291,11 +382,14 @@ def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv
 # -- forward ---------------------------------------------------------------------------------------
 
 
-def _fwd_tiles(D: int, E: int, cfg: ChunkConfig):
+def _fwd_tiles(D: int, E: int, dtype: torch.dtype, BT: int, cfg: ChunkConfig, limit: int):
+    """(BK, BV, warps, stages) of the output kernel. Stages: 4 where they fit shared memory
+    (GPU run 9, H200, bf16 decay B4·H16·N8192·D128: 0.305 ms at 2 stages, 0.185 at 4 with
+    the peeled loop), else 3, else 2, else 1 (``_smem_fwd``)."""
     BK = _pow2(D)
     BV = cfg.fwd_bv or min(_pow2(E), 64 if BK <= 128 else 32)
     warps = cfg.fwd_warps or (4 if BK * BV <= 128 * 64 else 8)
-    stages = cfg.fwd_stages or 2
+    stages = cfg.fwd_stages or _fitting_stages(lambda st: _smem_fwd(dtype, BT, BK, BV, st), limit, 4)
     return BK, BV, warps, stages
 
 
@@ -303,18 +397,39 @@ def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output
              lengths: Optional[list] = None):
     """Launch the forward pass; returns (o, final state or None). ``lengths``: the packed
     sequences' lengths when the caller already has them (reading cu_seqlens syncs)."""
+    cfg = current_config()
+    D, E = q.shape[-1], v.shape[-1]
+    if lengths is None:
+        lengths = _lengths(cu_seqlens)
+    limit = _smem_limit(q.device)
+    key = ("fwd", cfg, q.dtype, D, E, q.device, causal, slopes is not None, h0 is not None,
+           cu_seqlens is not None, output_final_state)
+
+    def shrink(c: ChunkConfig) -> Optional[ChunkConfig]:
+        BT = _chunk_size(c)
+        stages = _fwd_tiles(D, E, q.dtype, BT, c, limit)[3]
+        sst = c.state_stages or _STATE_STAGES
+        if stages > 1 or sst > 1:
+            return replace(c, fwd_stages=max(1, stages - 1), state_stages=max(1, sst - 1))
+        if BT > 16:
+            return replace(c, chunk=BT // 2, fwd_stages=0, state_stages=0)
+        return None
+
+    return _run_fitted(key, cfg, lambda c: _forward_with(c, q, k, v, slopes, h0, cu_seqlens, causal, scale,
+                                                         output_final_state, lengths, limit), shrink)
+
+
+def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
+                  output_final_state: bool, lengths: Optional[list], limit: int):
     from .chunk_fwd import chunk_fwd_kernel_o
 
-    cfg = current_config()
     B, H, N, D = q.shape
     Hkv, E = k.shape[1], v.shape[-1]
     G = H // Hkv
     n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
     BT = _chunk_size(cfg)
-    BK, BV, warps, stages = _fwd_tiles(D, E, cfg)
+    BK, BV, warps, stages = _fwd_tiles(D, E, q.dtype, BT, cfg, limit)
     NV = math.ceil(E / BV)
-    if lengths is None:
-        lengths = _lengths(cu_seqlens)
     plan = _plan(N, n_seq, lengths, H * NV, cfg.split, BT, q.device)
     sdt = _state_dtype(q.dtype)
     o = torch.empty(B, H, N, E, device=q.device, dtype=q.dtype)
@@ -335,7 +450,7 @@ def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output
         H=H, G=G, HDIV=hdiv, D=D, E=E, BT=BT, BK=BK, BV=BV,
         CAUSAL=causal, DECAY=slopes is not None, USE_INIT=h_init is not None,
         STORE_FINAL_STATE=ht is not None, IS_VARLEN=cu_seqlens is not None,
-        F64=q.dtype == torch.float64, PEEL=bool(cfg.fwd_peel), EARLY_STATE=bool(cfg.fwd_early),
+        F64=q.dtype == torch.float64, PEEL=cfg.fwd_peel >= 0, EARLY_STATE=bool(cfg.fwd_early),
         num_warps=warps, num_stages=stages, **_dot_flags(q.dtype),
     )
     return o, ht
@@ -344,7 +459,14 @@ def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output
 # -- backward --------------------------------------------------------------------------------------
 
 
-def _bwd_tiles(D: int, E: int, slope_grad: bool, cfg: ChunkConfig):
+def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkConfig, limit: int):
+    """(BT, BK, BV, BKf, BE, warps, stages) of the backward kernels.
+
+    BT: the forward's chunk, halved while the backward launches cannot fit shared memory
+    at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 3
+    where they fit (GPU run 9, H200, bf16 decay B4·H16·N8192·D128: fwd+bwd 1.235 ->
+    1.107 ms with the forward's new defaults), else 2, else 1 (``_smem_bwd``).
+    """
     BKf, BE = _pow2(D), _pow2(E)
     if common.INTERPRET:
         BK = cfg.bwd_bk or 16
@@ -353,26 +475,54 @@ def _bwd_tiles(D: int, E: int, slope_grad: bool, cfg: ChunkConfig):
         BK = cfg.bwd_bk or min(BKf, 64 if BE <= 128 and not slope_grad else 32)
         BV = cfg.bwd_bv or min(BE, 64 if BKf <= 128 else 32)
     warps = cfg.bwd_warps or (4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
-    stages = cfg.bwd_stages or 2
-    return BK, BV, BKf, BE, warps, stages
+    el = torch.empty((), dtype=dtype).element_size()
+    if cfg.bwd_chunk:
+        BT = _chunk_size(replace(cfg, chunk=cfg.bwd_chunk))
+    else:
+        BT = _chunk_size(cfg)
+        while not cfg.chunk and BT > 16 and _smem_bwd(el, BT, BK, BKf, BE, BV, 1) > limit:
+            BT //= 2
+    stages = cfg.bwd_stages or _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 3)
+    return BT, BK, BV, BKf, BE, warps, stages
 
 
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
               slope_grad: bool, state_grad: bool, lengths: Optional[list] = None):
     """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None)."""
+    cfg = current_config()
+    D, E = q.shape[-1], v.shape[-1]
+    slope_grad = slope_grad and slopes is not None
+    if lengths is None:
+        lengths = _lengths(cu_seqlens)
+    limit = _smem_limit(q.device)
+    key = ("bwd", cfg, q.dtype, D, E, q.device, causal, slopes is not None, h0 is not None,
+           cu_seqlens is not None, dht is not None, slope_grad, state_grad)
+
+    def shrink(c: ChunkConfig) -> Optional[ChunkConfig]:
+        BT, stages = (lambda t: (t[0], t[6]))(_bwd_tiles(D, E, q.dtype, slope_grad, c, limit))
+        dkv = c.bwd_dkv_stages or stages
+        sst = c.state_stages or _STATE_STAGES
+        if stages > 1 or dkv > 1 or sst > 1:
+            return replace(c, bwd_stages=max(1, stages - 1), bwd_dkv_stages=max(1, dkv - 1),
+                           state_stages=max(1, sst - 1))
+        if BT > 16:
+            return replace(c, bwd_chunk=BT // 2, bwd_stages=0, bwd_dkv_stages=0, state_stages=0)
+        return None
+
+    return _run_fitted(key, cfg, lambda c: _backward_with(c, do, dht, q, k, v, slopes, h0, cu_seqlens, causal,
+                                                          scale, slope_grad, state_grad, lengths, limit), shrink)
+
+
+def _backward_with(cfg: ChunkConfig, do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
+                   slope_grad: bool, state_grad: bool, lengths: Optional[list], limit: int):
     from .chunk_bwd import chunk_bwd_kernel_dkv, chunk_bwd_kernel_dq
 
-    cfg = current_config()
     B, H, N, D = q.shape
     Hkv, E = k.shape[1], v.shape[-1]
     G = H // Hkv
     n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BT = _chunk_size(cfg)
-    slope_grad = slope_grad and slopes is not None
-    BK, BV, BKf, BE, warps, stages = _bwd_tiles(D, E, slope_grad, cfg)
+    BT, BK, BV, BKf, BE, warps, stages = _bwd_tiles(D, E, q.dtype, slope_grad, cfg, limit)
     NK, NV = math.ceil(D / BK), math.ceil(E / BV)
-    if lengths is None:
-        lengths = _lengths(cu_seqlens)
     plan = _plan(N, n_seq, lengths, H * (2 * NK + NV), cfg.bwd_split, BT, q.device)
     varlen = cu_seqlens is not None
     decay = slopes is not None
