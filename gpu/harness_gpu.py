@@ -317,10 +317,11 @@ def long_n_problems():
         ("linearity_v", P(B=1, H=2, Hkv=2, N=n(16384), M=n(16384), D=32, E=64, dtype="float16", mask_kind="decay",
                           slopes="tiny", final_state=True, grads=g, seed=38)),
     ]
-    # float32 last, and in the specialisation of the float32 workers' first problems (decay,
-    # state in and out, all gradients, D48/E64, N % 16 != 0): run 10's float32 problems here
-    # compiled their own kernels (70 s for backward; state_split was cut off after 32 s)
-    g32 = g + ("slopes", "initial_state")
+    # float32 last, and near the specialisation of the float32 workers' first problems (decay,
+    # state in and out, H2/Hkv2, D48/E64, N % 16 != 0; no dslopes: the chunked oracle has no
+    # slopes gradient), so most of their kernels are in Triton's cache: run 10's float32
+    # problems here compiled their own (70 s for backward; state_split was cut off after 32 s)
+    g32 = g + ("initial_state",)
     d32, e32 = (48, 64) if not CPU else (5, 7)
     extra = [  # if time is left: the other dtypes, N = 32768
         ("backward", P(B=1, H=2, Hkv=1, N=n(32768), M=n(32768), D=dh, E=dh, dtype="bfloat16", mask_kind="decay",
@@ -390,15 +391,19 @@ def parse_problem(text: str):
 
 
 def for_this_device(p):
-    """A repr's Problem on HARNESS_DEVICE; on the CPU (the interpreter) at most N 61, D/E 8."""
+    """A repr's Problem on HARNESS_DEVICE; on the CPU (the interpreter) at most B 2, H 2, N 61
+    (31 for float64, whose interpreted kernels are slowest), D/E 8."""
     if not CPU:
         return p.replace(device=DEVICE)
-    N = min(p.N, 61)
+    N = min(p.N, 31 if p.dtype == "float64" else 61)
     M = N if (p.causal or p.M == p.N) else min(p.M, 61)
     cu = None
     if p.cu_seqlens is not None:  # the same cuts, scaled to N
         cu = tuple(sorted(c * N // p.N for c in p.cu_seqlens[:-1])) + (N,)
-    return p.replace(device=DEVICE, N=N, M=M, D=min(p.D, 8), E=min(p.E, 8), cu_seqlens=cu)
+    H = min(p.H, 2)
+    Hkv = p.Hkv if H == p.H else (H if p.Hkv == p.H else 1)
+    return p.replace(device=DEVICE, B=min(p.B, 2) if cu is None else 1, H=H, Hkv=Hkv, N=N, M=M,
+                     D=min(p.D, 8), E=min(p.E, 8), cu_seqlens=cu)
 
 
 def load_repros(sel):
@@ -496,6 +501,18 @@ def worker_main(spec_path: str) -> int:
         s_["done"] = s_["fails"] >= MAX_FAILS
     rng = {c: random.Random(f"{spec['seed']}/{'/'.join(c)}") for c in cells}
 
+    # CPU logic test only: HARNESS_TEST_BREAK=backend/prop/dtype,... gives those cells an output 2% off
+    broken_cells = {tuple(x.split("/")) for x in os.environ.get("HARNESS_TEST_BREAK", "").split(",") if x} \
+        if CPU else set()
+
+    def _broken(t):
+        import dataclasses
+
+        def fn(*a, **kw):
+            out = t.fn(*a, **kw)
+            return out * 1.02 if torch.is_tensor(out) else (out[0] * 1.02,) + tuple(out[1:])
+        return dataclasses.replace(t, fn=fn)
+
     def run_one(c, p):
         b, prop, dtype = c
         if b not in targets:
@@ -505,7 +522,7 @@ def worker_main(spec_path: str) -> int:
         log(ev="start", cell=c, problem=repr(p), describe=p.describe())
         try:
             with poisoned():
-                res = PROPERTIES[prop](targets[b], p)
+                res = PROPERTIES[prop](_broken(targets[b]) if c in broken_cells else targets[b], p)
         except Skip as e:
             s["skip"] += 1
             s["used"] += time.time() - t0
@@ -667,11 +684,14 @@ def plan(families: dict, n_workers: int) -> list:
     if not keys:
         return []
     weight = {k: families[k][0] * len(families[k][1]) for k in keys}
-    if n_workers < len(keys):  # fewer workers than families: merge the lightest into the heaviest lists
+    if n_workers < len(keys):  # fewer workers than families: each further one joins the lightest list
         keys.sort(key=lambda k: -weight[k])
         out = [(k, list(families[k][1])) for k in keys[:n_workers]]
-        for i, k in enumerate(keys[n_workers:]):
-            out[-(1 + i % n_workers)][1].extend(families[k][1])
+        load = [weight[k] for k in keys[:n_workers]]
+        for k in keys[n_workers:]:
+            i = min(range(n_workers), key=lambda i: load[i])
+            out[i][1].extend(families[k][1])
+            load[i] += weight[k]
         return out
     share = {k: 1 for k in keys}
     for _ in range(n_workers - len(keys)):
@@ -883,10 +903,13 @@ class Parent:
                        key=lambda c: (BACKENDS.index(c[0]) if c[0] in BACKENDS else 99, PROPS.index(c[1]),
                                       DTYPES.index(c[2])))
         long_cells = {(c[1], c[2]) for c in self.long_cells}
+        all_cells = set(self.all_cells)
         for c in cells:
             evs = [e for e in self.events if e.get("cell") == c]
             for long in (False, True):
                 sel = [e for e in evs if (e.get("w") in self.long_ids) == long]
+                if not long and not sel and c not in all_cells:  # a long-N worker's cell only
+                    continue
                 if long and not sel and not (c[0] == "triton" and (c[1], c[2]) in long_cells):
                     continue
                 if not long and c in self.na:
