@@ -598,9 +598,40 @@ def check_run10(names, report):
                            failures=res.failures)
             except Exception as e:  # noqa: BLE001 - recorded, the next one runs
                 row.update(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
+            if prop in ("backward", "forward"):  # where it went wrong: per (batch, head), dslopes per head
+                try:
+                    row["detail"] = run10_detail(problem, cfg)
+                except Exception as e:  # noqa: BLE001
+                    row["detail"] = f"{type(e).__name__}: {str(e)[:200]}"
             row["seconds"] = round(time.time() - t0, 1)
             with open(report, "a") as f:
                 f.write(json.dumps(row, default=str) + "\n")
+
+
+def run10_detail(problem, cfg):
+    """Each quantity's relative error per (batch, head) against the float64 oracle (dslopes:
+    ours and the oracle's values per head); the worst (b, h) cells and how many exceed 1e-2."""
+    from linattn.backends.triton.chunk import chunk_config
+    from linattn.testing.target import as_target
+
+    with chunk_config(**cfg):
+        out = problem.run(as_target("triton"))
+    sync()
+    ref = problem.evaluation.oracle
+    detail = {}
+    for name, x in out.items():
+        if name not in ref:
+            continue
+        x, r = x.double().cpu(), ref[name].double().cpu()
+        if x.dim() <= 1:
+            detail[name] = dict(ours=x.tolist(), oracle=r.tolist())
+            continue
+        lead = x.shape[:2]
+        err = ((x - r).flatten(2).norm(dim=-1) / r.flatten(2).norm(dim=-1).clamp_min(1e-300))
+        worst = sorted(((float(err[i, j]), i, j) for i in range(lead[0]) for j in range(lead[1])), reverse=True)[:4]
+        detail[name] = dict(worst_bh=[[round(e, 6), i, j] for e, i, j in worst], n_over_1e2=int((err > 1e-2).sum()),
+                            nonfinite=int((~torch.isfinite(x)).sum()))
+    return detail
 
 
 def check_run10_isolated(max_s=None):
