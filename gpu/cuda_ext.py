@@ -1,4 +1,4 @@
-"""GPU check of backend ``cuda`` (v4): build, seed speed, correctness in the harness bands.
+"""GPU check of backend ``cuda`` (v5): build, seed speed, correctness in the harness bands.
 
     CUDA_BUDGET_S=120 OUT=dir python3 gpu/cuda_ext.py     (from the repository root)
     python3 gpu/cuda_ext.py --dry-run-cpu                  (the same logic on the CPU emulator)
@@ -14,10 +14,11 @@ $OUT/cuda_ext.json is rewritten after every item. float32 is on by default since
    float32 and bfloat16 kernel files in the background, and their register / spill lines
    are printed once the build is done;
 2. the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]): fwd and fwd+bwd
-   with CUDA events (median) and peak memory, cuda vs reference, plus cuda with the v3
-   float32 kernel (LINATTN_CUDA_FP32_PRESPLIT=0: every warp splits b and c itself) and with
-   the v3 host path (two ``ninja --version`` subprocesses per forward, what run 6 timed), and
-   the per-kernel profiles (torch.profiler) of cuda (v4 and v3 kernel) and reference;
+   with CUDA events (median) and peak memory, cuda (v5) vs reference, plus cuda with v4's tile
+   schedule (LINATTN_CUDA_FP32_EARLYMASK=0) and with the v3 float32 kernel
+   (LINATTN_CUDA_FP32_PRESPLIT=0: every warp splits b and c itself); v5 against v4's schedule
+   bitwise on the seed problem (a race in the new schedule would show here); the per-kernel
+   profiles (torch.profiler) of cuda (v5 and v4 schedule) and reference;
 3. float32 correctness on the 15 problem kinds of CASES, in the harness bands
    (linattn.testing.bands: e <= 4 x the error of the plain formula in float32 + floor): o
    and every gradient, with the error, the formula's own error (e_ref) and the band fraction;
@@ -444,10 +445,62 @@ def smoke_child():
     except subprocess.TimeoutExpired:
         out, ok = "timed out", False
     RESULTS["smoke"] = {"ok": ok, "output": out[-1500:]}
-    if not ok:
+    log(f"smoke float32 v5 kernel in a child: {'ok' if ok else 'FAILED'}: {out[-300:]}")
+    if ok:
+        return
+    # v5's schedule failed: try v4's (same engine, v4 schedule), else v3's kernel
+    try:
+        res = subprocess.run([sys.executable, "-c", SMOKE], cwd=root, capture_output=True, text=True,
+                             timeout=max(5.0, min(60.0, left() - 20)),
+                             env=dict(os.environ, LINATTN_CUDA_FP32_EARLYMASK="0"))
+        out4 = (res.stdout + res.stderr).strip()
+        ok4 = res.returncode == 0 and "SMOKE OK" in res.stdout
+    except subprocess.TimeoutExpired:
+        out4, ok4 = "timed out", False
+    RESULTS["smoke"]["v4sched"] = {"ok": ok4, "output": out4[-1500:]}
+    if ok4:
+        os.environ["LINATTN_CUDA_FP32_EARLYMASK"] = "0"
+        RESULTS["smoke"]["fallback"] = "LINATTN_CUDA_FP32_EARLYMASK=0 for the rest of this run"
+    else:
         os.environ["LINATTN_CUDA_FP32_PRESPLIT"] = "0"
         RESULTS["smoke"]["fallback"] = "LINATTN_CUDA_FP32_PRESPLIT=0 for the rest of this run"
-    log(f"smoke float32 v4 kernel in a child: {'ok' if ok else 'FAILED (v3 kernel from here on)'}: {out[-300:]}")
+    log(f"smoke with v4's schedule: {'ok' if ok4 else 'FAILED'}; {RESULTS['smoke']['fallback']}: {out4[-300:]}")
+
+
+def schedule_bitwise():
+    """v5's tile schedule against v4's on the seed-like problem (B2 H3 N1024 D64, 0/1 mask
+    [1,1,N,N]) and a GQA causal+mask problem: o, dq, dk, dv must be bitwise equal (same products,
+    same order); a race in the shorter schedule would break this."""
+    out = []
+    sizes = {"seedlike": (2, 3, 3, 1024, 64, False), "gqa-causal-mask": (2, 4, 2, 777, 48, True)}
+    if DRY:  # the emulator: same kinds, small
+        sizes = {"seedlike": (1, 2, 2, 97, 64, False), "gqa-causal-mask": (1, 4, 2, 70, 48, True)}
+    for label, (B, H, Hkv, N, D, causal) in sizes.items():
+        g = torch.Generator(device=DEV).manual_seed(11)
+        q = torch.randn(B, H, N, D, generator=g, device=DEV)
+        k, v = (torch.randn(B, Hkv, N, D, generator=g, device=DEV) for _ in range(2))
+        mask = torch.randint(0, 2, (1, 1, N, N), generator=g, device=DEV).float()
+        do = torch.randn(B, H, N, D, generator=g, device=DEV)
+        res = []
+        for flag in ("1", "0"):
+            saved = {"LINATTN_CUDA_FP32_EARLYMASK": os.environ.get("LINATTN_CUDA_FP32_EARLYMASK")}
+            os.environ["LINATTN_CUDA_FP32_EARLYMASK"] = flag
+            try:
+                x = [t.clone().requires_grad_() for t in (q, k, v)]
+                import linattn
+
+                o = linattn.linear_attention(*x, mask, causal=causal, backend="cuda")
+                o.backward(do)
+                if not DRY:
+                    torch.cuda.synchronize()
+                res.append([o.detach()] + [t.grad for t in x])
+            finally:
+                restore_env(saved)
+        eq = all(torch.equal(a, b) for a, b in zip(*res))
+        out.append({"problem": label, "bitwise_equal": eq})
+        log(f"v5 schedule vs v4 schedule, {label}: bitwise equal = {eq}")
+    RESULTS["schedule_bitwise"] = out
+    save()
 
 
 REPLAYS = ("fuzz/failures/cuda-forward-658e448a67.json", "fuzz/failures/cuda-backward-3a49fd36dc.json")
@@ -492,6 +545,7 @@ def restore_env(saved):
 
 #: timing variants of backend cuda: name -> (backend, environment, ninja subprocesses per call)
 VARIANTS = {
+    "cuda-v4sched": ("cuda", {"LINATTN_CUDA_FP32_EARLYMASK": "0"}, 0),  # float32: v4's tile schedule
     "cuda-v3kernel": ("cuda", {"LINATTN_CUDA_FP32_PRESPLIT": "0"}, 0),  # float32: v3's per-warp splits
     "cuda-v3host": ("cuda", {}, 2),  # the v3 loader's two `ninja --version` per forward (what run 6 timed)
     "cuda-ffma": ("cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}, 0),  # every float32 product on FFMA
@@ -554,6 +608,8 @@ def main():
                     guarded("replay", f"{path}/{ffma}")(replay_one_term)(path, ffma)
         if afford("determinism/float32", 20):
             guarded("determinism", "float32")(check_determinism)(torch.float32)
+        if afford("schedule_bitwise", 30):
+            guarded("schedule_bitwise", "v5 vs v4")(schedule_bitwise)()
         finish()
         return 0
     if not torch.cuda.is_available():
@@ -596,16 +652,18 @@ def main():
 
     # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
     if afford("timing/seed fp32", 8):
-        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v3kernel", "cuda-v3host"],
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v4sched", "cuda-v3kernel"],
                reps=10)
+    if afford("schedule_bitwise", 4):
+        guarded("schedule_bitwise", "v5 vs v4")(schedule_bitwise)()
     if afford("profile/seed fp32", 5):
         guarded("profile", "seed fp32/cuda")(profile_kernels)("seed fp32", 16, 12, 1024, 64, torch.float32)
-    if afford("profile/seed fp32/v3kernel", 5):
-        saved = {"LINATTN_CUDA_FP32_PRESPLIT": os.environ.get("LINATTN_CUDA_FP32_PRESPLIT")}
-        os.environ["LINATTN_CUDA_FP32_PRESPLIT"] = "0"
+    if afford("profile/seed fp32/v4sched", 5):
+        saved = {"LINATTN_CUDA_FP32_EARLYMASK": os.environ.get("LINATTN_CUDA_FP32_EARLYMASK")}
+        os.environ["LINATTN_CUDA_FP32_EARLYMASK"] = "0"
         try:
-            guarded("profile", "seed fp32/cuda-v3kernel")(profile_kernels)("seed fp32 v3kernel", 16, 12, 1024, 64,
-                                                                          torch.float32)
+            guarded("profile", "seed fp32/cuda-v4sched")(profile_kernels)("seed fp32 v4sched", 16, 12, 1024, 64,
+                                                                         torch.float32)
         finally:
             restore_env(saved)
     if afford("profile/seed fp32/reference", 5):
@@ -675,6 +733,8 @@ def finish():
     for r in RESULTS["replays"]:
         print(f"replay {r['id']:28s} ffma={r['ffma']:4s}: " + ("PASS" if r["pass"] else "FAIL")
               + (f" ({r['worst_fraction']:.3f} of band)" if r["pass"] else ""))
+    for d in RESULTS.get("schedule_bitwise", []):
+        print(f"v5 vs v4 schedule {d['problem']:16s}: bitwise equal = {d['bitwise_equal']}")
     for d in RESULTS["determinism"]:
         print(f"determinism {d['dtype']:9s}: bitwise equal = {d['bitwise_equal']}")
     print(f"{'timing':14s} {'backend':12s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'peak MiB':>10s} {'speedup':>8s} {'mem':>6s}")

@@ -285,6 +285,28 @@ def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
         assert all(torch.equal(a, b) for a, b in zip(runs[2], other))
 
 
+@needs_emu
+def test_emulated_lotrunc_engine_accuracy(monkeypatch):
+    """Opt-in LINATTN_CUDA_FP32_LOTRUNC=1 (lo parts truncated by the mma instead of rounded):
+    o and every gradient stay at float32 level under the Hopper tensor-core model, within
+    TOL and within 3x the default engine's error on the same problem (its representation
+    error is at most twice v4's), and it is deterministic."""
+    p, _ = _problem(1, 4, 2, 75, 75, 64, 40, mask_shape=(1, 4, 75, 75), decay=True, seed=9)
+    do = torch.randn(1, 4, 75, 40, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    o64, _, g64 = _run(reference_forward, p, torch.float64, causal=True, do=do)
+    errs = {}
+    for flag in ("0", "1", "1"):
+        monkeypatch.setenv("LINATTN_CUDA_FP32_LOTRUNC", flag)
+        o, _, grads = _run(_emu, p, torch.float32, causal=True, do=do)
+        e = {"o": _rel(o, o64), **{n: _rel(grads[n], g64[n]) for n in ("q", "k", "v", "mask")}}
+        if flag in errs:
+            assert e == errs[flag]  # deterministic
+        errs[flag] = e
+    for n, e in errs["1"].items():
+        assert e < TOL[torch.float32], (n, errs)
+        assert e <= 3 * errs["0"][n] + 1e-8, (n, errs)
+
+
 def _tf32_rna_reference(u):
     """cvt.rna.tf32.f32 on float32 bit patterns (int64 array): NaN and inf unchanged, else
     round the magnitude to 10 fraction bits, ties away from zero (sign-magnitude bits)."""

@@ -155,38 +155,51 @@ struct Tf32x3Engine {
 // DA <= 64 and runs it single-buffered with 8 warps first (two blocks per SM fit: 103 KiB with
 // a dense mask), one more barrier per tile. Arithmetic, summation order and
 // short chains are those of Tf32x3Engine: results are bitwise the same.
-struct Tf32x3SplitEngine : Tf32x3Engine {
+template <bool LOTRUNC>
+struct Tf32x3SplitEngineT : Tf32x3Engine {
   static constexpr bool PRESPLIT = true;
+  // x = hi + lo: lo rounded (cvt.rna, v4, bitwise v3) or left for the mma to truncate (LOTRUNC)
+  static __device__ __forceinline__ void split(float x, uint32_t& hi, uint32_t& lo) {
+    if constexpr (LOTRUNC) split_tf32_trunc(x, hi, lo);
+    else split_tf32(x, hi, lo);
+  }
   static constexpr int MAX_KP = 64;
   LINATTN_HD static int bx_words(int Kp) { return (Kp / 8) * NJ * 32 * 4; }
   LINATTN_HD static int cx_words() { return (BNc / 8) * 8 * 32 * 4; }
 
   // Block-cooperative: Bs [BNc][ld] and Cs [BNc][LDC] (raw float32) -> Bx, Cx (fragment order).
+  // v5: two loops with compile-time trip counts (b: at most MAX_KP / 8 * NJ * 32 records, c:
+  // exactly BNc * 32), record idx = threadIdx.x + i * NTH, so a thread's records differ only by
+  // constant offsets (v4's one loop recomputed every index from idx at run time); the same
+  // records with the same values in the same places.
   template <int NTH>
   static __device__ __forceinline__ void presplit(uint32_t* Bx, uint32_t* Cx, const float* Bs, const float* Cs, int ld,
                                                   int Kp) {
-    const int nb = (Kp / 8) * NJ * 32, nc = (BNc / 8) * 8 * 32;
-    for (int idx = threadIdx.x; idx < nb + nc; idx += NTH) {
-      const int lane = idx & 31, g = lane >> 2, t = lane & 3;
-      float x0, x1;
-      uint32_t* dst;
-      if (idx < nb) {  // b: record (ks * NJ + j, lane)
-        const int rec = idx >> 5, j = rec % NJ, ks = rec / NJ;
+    constexpr int MAXB = (MAX_KP / 8) * NJ * 32, NC = (BNc / 8) * 8 * 32;
+    static_assert(MAXB % NTH == 0 && NC % NTH == 0 && NTH % 32 == 0, "presplit: records per thread");
+    const int nb = (Kp / 8) * NJ * 32;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, rec0 = threadIdx.x >> 5;
+#pragma unroll
+    for (int i = 0; i < MAXB / NTH; ++i) {  // b: record (ks * NJ + j, lane)
+      const int idx = threadIdx.x + i * NTH;
+      if (idx < nb) {
+        const int rec = rec0 + i * (NTH / 32), j = rec % NJ, ks = rec / NJ;
         const float* src = Bs + (8 * j + g) * ld + 8 * ks + t;
-        x0 = src[0];
-        x1 = src[4];
-        dst = Bx + 4 * idx;
-      } else {  // c: record (kk * 8 + n, lane)
-        const int rec = (idx - nb) >> 5, n = rec & 7, kk = rec >> 3;
-        const float* src = Cs + (8 * kk + 2 * t) * LDC + 8 * n + g;
-        x0 = src[0];
-        x1 = src[LDC];
-        dst = Cx + 4 * (idx - nb);
+        uint32_t h0, l0, h1, l1;
+        split(src[0], h0, l0);
+        split(src[4], h1, l1);
+        st_u32x4(Bx + 4 * idx, h0, h1, l0, l1);
       }
+    }
+#pragma unroll
+    for (int i = 0; i < NC / NTH; ++i) {  // c: record (kk * 8 + n, lane)
+      const int idx = threadIdx.x + i * NTH;
+      const int rec = rec0 + i * (NTH / 32), n = rec & 7, kk = rec >> 3;
+      const float* src = Cs + (8 * kk + 2 * t) * LDC + 8 * n + g;
       uint32_t h0, l0, h1, l1;
-      split_tf32(x0, h0, l0);
-      split_tf32(x1, h1, l1);
-      st_u32x4(dst, h0, h1, l0, l1);
+      split(src[0], h0, l0);
+      split(src[LDC], h1, l1);
+      st_u32x4(Cx + 4 * idx, h0, h1, l0, l1);
     }
   }
 
@@ -195,10 +208,10 @@ struct Tf32x3SplitEngine : Tf32x3Engine {
     const int lane = threadIdx.x & 31;
     for (int k0 = k_lo; k0 < k_hi; k0 += 8) {
       uint32_t ahi[4], alo[4], bhi[NJ][2], blo[NJ][2];
-      split_tf32(a0[k0], ahi[0], alo[0]);
-      split_tf32(a0[8 * ld + k0], ahi[1], alo[1]);
-      split_tf32(a0[k0 + 4], ahi[2], alo[2]);
-      split_tf32(a0[8 * ld + k0 + 4], ahi[3], alo[3]);
+      split(a0[k0], ahi[0], alo[0]);
+      split(a0[8 * ld + k0], ahi[1], alo[1]);
+      split(a0[k0 + 4], ahi[2], alo[2]);
+      split(a0[8 * ld + k0 + 4], ahi[3], alo[3]);
       const uint32_t* rec = Bx + 4 * ((k0 / 8) * NJ * 32 + lane);
 #pragma unroll
       for (int j = 0; j < NJ; ++j) {
@@ -246,10 +259,10 @@ struct Tf32x3SplitEngine : Tf32x3Engine {
 #pragma unroll
       for (int kk = 0; kk < NJ; ++kk) {
         uint32_t ahi[4], alo[4];
-        split_tf32(s[kk][0], ahi[0], alo[0]);
-        split_tf32(s[kk][2], ahi[1], alo[1]);
-        split_tf32(s[kk][1], ahi[2], alo[2]);
-        split_tf32(s[kk][3], ahi[3], alo[3]);
+        split(s[kk][0], ahi[0], alo[0]);
+        split(s[kk][2], ahi[1], alo[1]);
+        split(s[kk][1], ahi[2], alo[2]);
+        split(s[kk][3], ahi[3], alo[3]);
         uint32_t bhi[4][2], blo[4][2];
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
@@ -280,9 +293,15 @@ struct Tf32x3SplitEngine : Tf32x3Engine {
 // mask values in registers instead, to issue the mask with b and c, spilled 212 bytes.)
 // Products, weights and sums are v4's in v4's order: results are bitwise the same.
 // LINATTN_CUDA_FP32_EARLYMASK=0 selects v4's schedule.
-struct Tf32x3SplitEarlyEngine : Tf32x3SplitEngine {
+using Tf32x3SplitEngine = Tf32x3SplitEngineT<false>;
+
+template <bool LOTRUNC>
+struct Tf32x3SplitEarlyEngineT : Tf32x3SplitEngineT<LOTRUNC> {
   static constexpr bool EARLYMASK = true;
 };
+using Tf32x3SplitEarlyEngine = Tf32x3SplitEarlyEngineT<false>;
+// v5 schedule with unrounded lo parts (mma.cuh, split_tf32_trunc); opt-in, for timing
+using Tf32x3SplitEarlyTruncEngine = Tf32x3SplitEarlyEngineT<true>;
 
 // float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the
 // kernel and its tiles are the same; only the two products differ). For short contractions

@@ -140,13 +140,23 @@ inline bool fp32_use_earlymask() {
   return true;
 }
 
+// Opt-in (LINATTN_CUDA_FP32_LOTRUNC=1, v5 schedule only): lo parts left for the mma to truncate
+// (mma.cuh, split_tf32_trunc): fewer instructions a split, not bitwise v4; off until its
+// speed and its errors in the bands are measured on a GPU.
+inline bool fp32_use_lotrunc() {
+  const char* env = std::getenv("LINATTN_CUDA_FP32_LOTRUNC");
+  return env != nullptr && env[0] == '1';
+}
+
 // (a template so that only the float32 translation unit instantiates the float32 kernels)
 template <class Unused = void>
 const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
   if (fp32_use_ffma(p)) return launch_product_t<Fp32FmaEngine>(p, stream);
-  if (fp32_use_presplit(p))
-    return fp32_use_earlymask() ? launch_product_t<Tf32x3SplitEarlyEngine>(p, stream)
-                              : launch_product_t<Tf32x3SplitEngine>(p, stream);
+  if (fp32_use_presplit(p)) {
+    if (!fp32_use_earlymask()) return launch_product_t<Tf32x3SplitEngine>(p, stream);
+    return fp32_use_lotrunc() ? launch_product_t<Tf32x3SplitEarlyTruncEngine>(p, stream)
+                              : launch_product_t<Tf32x3SplitEarlyEngine>(p, stream);
+  }
   return launch_product_t<Tf32x3Engine>(p, stream);
 }
 

@@ -114,7 +114,10 @@ struct ProductTiles {
 
 template <class Eng, int WARPS>
 __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(ProductArgs p, int tiles_r, int tiles_e,
-                                                                    int stages) {
+                                                                    int stages_arg) {
+  // v5's engine is single-buffered by construction (no double-buffer code in its kernel: fewer
+  // live registers); a forced 2-stage configuration runs it with one of the two buffers
+  const int stages = Eng::EARLYMASK ? 1 : stages_arg;
   using T = typename Eng::T;
   constexpr int NTH = 32 * WARPS, BMr = 16 * WARPS, BC = Eng::BNc, NJ = Eng::NJ;
   LINATTN_DYN_SMEM(smem);
