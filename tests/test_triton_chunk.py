@@ -129,13 +129,14 @@ def test_schedules_agree_with_reference(kind, split):
     assert_close(got, want, 1e-10)
 
 
-@pytest.mark.parametrize("loop", [dict(fwd_peel=1), dict(fwd_early=1), dict(fwd_peel=1, fwd_early=1)],
-                         ids=["peel", "early", "peel+early"])
+@pytest.mark.parametrize("loop", [dict(fwd_peel=-1), dict(fwd_early=1), dict(fwd_peel=-1, fwd_early=1)],
+                         ids=["v3-loop", "early", "v3-loop+early"])
 @pytest.mark.parametrize("split", [BT, -1], ids=["split1chunk", "fused"])
 @pytest.mark.parametrize("kind", ["none", "causal", "decay"])
 def test_forward_loop_variants_agree_with_reference(kind, split, loop):
-    """The output kernel's loop variants (hoisted full-chunk factors with a peeled ragged
-    chunk; the state product first) against float64, ragged tail and a whole-chunk N."""
+    """The output kernel's loop variants against float64, ragged tail and a whole-chunk N:
+    v3's loop (every chunk its own factors and masks; the default is the peeled loop) and
+    the state product first."""
     for n, seed in ((3 * BT + 5, 3), (2 * BT, 8)):
         p = make(1, 4, 2, n, 20, 24, kind=kind, state=kind != "none", seed=seed)
         want = run(p, reference, device="cpu", grads=False)
@@ -145,7 +146,7 @@ def test_forward_loop_variants_agree_with_reference(kind, split, loop):
 
 
 def test_forward_loop_variants_varlen_and_low_precision():
-    """Peeled loop with packed sequences (empty, shorter than a chunk) == the v3 loop, and
+    """Peeled loop (the default) with packed sequences (empty, shorter than a chunk) == the v3 loop, and
     bfloat16 decay inside the harness's bands (with the dk/dv launch's own warps/stages)."""
     lens = [BT + 5, 0, 3, 2 * BT]
     cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int64)
@@ -157,8 +158,9 @@ def test_forward_loop_variants_varlen_and_low_precision():
     with chunk_config(fwd_peel=1, fwd_early=1):
         o, st = chunk_linear_attention(q, k, v, decay=s, initial_state=h0, output_final_state=True,
                                        cu_seqlens=cu.to(DEVICE))
-    o_ref, st_ref = chunk_linear_attention(q, k, v, decay=s, initial_state=h0, output_final_state=True,
-                                           cu_seqlens=cu.to(DEVICE))
+    with chunk_config(fwd_peel=-1):  # v3's loop
+        o_ref, st_ref = chunk_linear_attention(q, k, v, decay=s, initial_state=h0, output_final_state=True,
+                                               cu_seqlens=cu.to(DEVICE))
     torch.testing.assert_close(o, o_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(st, st_ref, rtol=1e-12, atol=1e-12)
     prob = Problem(B=1, H=2, Hkv=1, N=2 * BT + 7, M=2 * BT + 7, D=24, E=20, dtype="bfloat16", mask_kind="decay",
