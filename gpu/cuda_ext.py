@@ -14,8 +14,9 @@ $OUT/cuda_ext.json is rewritten after every item. float32 is on by default since
    float32 and bfloat16 kernel files in the background, and their register / spill lines
    are printed once the build is done;
 2. the seed's float32 example (B=16 H=12 N=1024 D=64, 0/1 mask [1,1,N,N]): fwd and fwd+bwd
-   with CUDA events (median) and peak memory, cuda (v5) vs reference, plus cuda with v4's tile
-   schedule (LINATTN_CUDA_FP32_EARLYMASK=0) and with the v3 float32 kernel
+   with CUDA events (median) and peak memory, cuda (v5) vs reference, plus v5 with rounded lo
+   parts (LINATTN_CUDA_FP32_LOTRUNC=0), cuda with v4's tile schedule
+   (LINATTN_CUDA_FP32_EARLYMASK=0) and with the v3 float32 kernel
    (LINATTN_CUDA_FP32_PRESPLIT=0: every warp splits b and c itself); v5 against v4's schedule
    bitwise on the seed problem (a race in the new schedule would show here); the per-kernel
    profiles (torch.profiler) of cuda (v5 and v4 schedule) and reference;
@@ -27,8 +28,10 @@ $OUT/cuda_ext.json is rewritten after every item. float32 is on by default since
    contractions) and with LINATTN_CUDA_FP32_FFMA=0 (3xTF32 everywhere, v3);
 5. bfloat16 B=4 H=12 N=4096 D=64 (same mask kind): cuda, reference, triton_dense;
 6. bfloat16 and float16 correctness on the same kinds as 3;
-7. determinism (two backward runs bitwise equal), then, for tuning, the seed with FFMA
-   forced, forced tile configurations and the bf16 profile if budget is left.
+7. determinism (two backward runs bitwise equal);
+8. float32 correctness again with rounded lo parts, LINATTN_CUDA_FP32_LOTRUNC=0 (rows marked
+   variant "rna"); then, for tuning, the seed with FFMA forced, forced tile
+   configurations and the bf16 profile if budget is left.
 """
 from __future__ import annotations
 
@@ -211,8 +214,9 @@ def _cuda_fn(q, k, v, mask=None, **kw):
     return linattn.linear_attention(q, k, v, mask, backend="cuda", **kw)
 
 
-def check_case(case, dtype):
-    """o and every gradient of backend cuda against float64, in the harness bands."""
+def check_case(case, dtype, variant=None):
+    """o and every gradient of backend cuda against float64, in the harness bands (variant: a
+    label for rows measured under a non-default engine setting, e.g. "rna")."""
     from linattn.testing.bands import measure
     from linattn.testing.reference import evaluate
 
@@ -232,8 +236,10 @@ def check_case(case, dtype):
            "worst_ratio_to_naive": max((m.error / m.e_ref for m in ms if m.e_ref > 0), default=float("nan")),
            "tol_ok": all(e <= (20 * tol if k == "dslopes" else tol) for k, e in errs.items()),
            "seconds": time.time() - t}
+    if variant:
+        rec["variant"] = variant
     RESULTS["correctness"].append(rec)
-    log(f"{'ok  ' if ok else 'BAD '} {name:22s} {str(dtype)[6:]:9s} worst {rec['worst_fraction']:.2f} of band, "
+    log(f"{'ok  ' if ok else 'BAD '} {name:22s} {str(dtype)[6:]:9s}{' [' + variant + ']' if variant else ''} worst {rec['worst_fraction']:.2f} of band, "
         f"x{rec['worst_ratio_to_naive']:.2f} of naive  "
         + " ".join(f"{m.quantity}={m.error:.1e}({m.fraction:.2f})" for m in ms))
     return ok
@@ -468,7 +474,7 @@ def smoke_child():
 
 
 def schedule_bitwise():
-    """v5's tile schedule against v4's on the seed-like problem (B2 H3 N1024 D64, 0/1 mask
+    """v5's tile schedule (with rounded lo parts, LOTRUNC=0) against v4's on the seed-like problem (B2 H3 N1024 D64, 0/1 mask
     [1,1,N,N]) and a GQA causal+mask problem: o, dq, dk, dv must be bitwise equal (same products,
     same order); a race in the shorter schedule would break this."""
     out = []
@@ -483,8 +489,9 @@ def schedule_bitwise():
         do = torch.randn(B, H, N, D, generator=g, device=DEV)
         res = []
         for flag in ("1", "0"):
-            saved = {"LINATTN_CUDA_FP32_EARLYMASK": os.environ.get("LINATTN_CUDA_FP32_EARLYMASK")}
+            saved = {key: os.environ.get(key) for key in ("LINATTN_CUDA_FP32_EARLYMASK", "LINATTN_CUDA_FP32_LOTRUNC")}
             os.environ["LINATTN_CUDA_FP32_EARLYMASK"] = flag
+            os.environ["LINATTN_CUDA_FP32_LOTRUNC"] = "0"  # v5's schedule with v4's rounding
             try:
                 x = [t.clone().requires_grad_() for t in (q, k, v)]
                 import linattn
@@ -546,6 +553,7 @@ def restore_env(saved):
 #: timing variants of backend cuda: name -> (backend, environment, ninja subprocesses per call)
 VARIANTS = {
     "cuda-v4sched": ("cuda", {"LINATTN_CUDA_FP32_EARLYMASK": "0"}, 0),  # float32: v4's tile schedule
+    "cuda-rna": ("cuda", {"LINATTN_CUDA_FP32_LOTRUNC": "0"}, 0),  # float32: v5 with rounded lo (bitwise v4)
     "cuda-v3kernel": ("cuda", {"LINATTN_CUDA_FP32_PRESPLIT": "0"}, 0),  # float32: v3's per-warp splits
     "cuda-v3host": ("cuda", {}, 2),  # the v3 loader's two `ninja --version` per forward (what run 6 timed)
     "cuda-ffma": ("cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}, 0),  # every float32 product on FFMA
@@ -582,8 +590,9 @@ def timing(label, B, H, N, D, dtype, backends, reps):
         torch.cuda.empty_cache()
 
 
-def correctness(dtypes, max_size=None, est=None):
-    """The CASES in each dtype, budget permitting (estimates: seconds per case on an H100)."""
+def correctness(dtypes, max_size=None, est=None, variant=None, env=None):
+    """The CASES in each dtype, budget permitting (estimates: seconds per case on an H100);
+    env: settings for this pass (restored after each case), variant: its label in the rows."""
     for dtype in dtypes:
         for case in CASES:
             B, H, Hkv, N, M, D, E = case[1]
@@ -591,9 +600,14 @@ def correctness(dtypes, max_size=None, est=None):
                 continue
             if dtype != torch.float32 and case[0] in ("dense-BHNM", "none-N!=M"):
                 continue
-            item = f"correctness/{case[0]}/{str(dtype)[6:]}"
+            item = f"correctness/{case[0]}/{str(dtype)[6:]}" + (f"/{variant}" if variant else "")
             if afford(item, (est or {}).get(case[0], 1.0)):
-                guarded("correctness", item)(check_case)(case, dtype)
+                saved = {key: os.environ.get(key) for key in (env or {})}
+                os.environ.update(env or {})
+                try:
+                    guarded("correctness", item)(check_case)(case, dtype, variant)
+                finally:
+                    restore_env(saved)
 
 
 def main():
@@ -610,6 +624,8 @@ def main():
             guarded("determinism", "float32")(check_determinism)(torch.float32)
         if afford("schedule_bitwise", 30):
             guarded("schedule_bitwise", "v5 vs v4")(schedule_bitwise)()
+        correctness((torch.float32,), max_size=2 * 4 * 131 * 131 * 64, est={}, variant="rna",
+                    env={"LINATTN_CUDA_FP32_LOTRUNC": "0"})
         finish()
         return 0
     if not torch.cuda.is_available():
@@ -652,8 +668,8 @@ def main():
 
     # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
     if afford("timing/seed fp32", 8):
-        timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda", "reference", "cuda-v4sched", "cuda-v3kernel"],
-               reps=10)
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32,
+               ["cuda", "reference", "cuda-rna", "cuda-v4sched", "cuda-v3kernel"], reps=10)
     if afford("schedule_bitwise", 4):
         guarded("schedule_bitwise", "v5 vs v4")(schedule_bitwise)()
     if afford("profile/seed fp32", 5):
@@ -698,6 +714,9 @@ def main():
     for dtype in (torch.float32, torch.bfloat16):
         if afford(f"determinism/{dtype}", 3):
             guarded("determinism", str(dtype))(check_determinism)(dtype)
+    # 8. float32 with rounded lo parts (LINATTN_CUDA_FP32_LOTRUNC=0, bitwise v4) in the bands,
+    # beside the default's rows above
+    correctness((torch.float32,), est=est, variant="rna", env={"LINATTN_CUDA_FP32_LOTRUNC": "0"})
     if afford("timing/seed fp32 ffma", 6):
         timing("seed fp32", 16, 12, 1024, 64, torch.float32, ["cuda-ffma"], reps=3)
     if afford("configs/seed fp32", 10):
@@ -720,8 +739,10 @@ def finish():
     for r in RESULTS.get("ptxas", []):
         if "masked_product" in r["kernel"]:
             print(f"ptxas {r['kernel'][:60]:60s}{r['line']}")
-    for dt in ("float32", "bfloat16", "float16"):
-        rows = [r for r in corr if r["dtype"] == dt]
+    for dt, var in (("float32", None), ("bfloat16", None), ("float16", None), ("float32", "rna")):
+        rows = [r for r in corr if r["dtype"] == dt and r.get("variant") == var]
+        if var:
+            dt = f"{dt}[{var}]"
         if rows:
             bad = [r["case"] for r in rows if not r["ok"]]
             worst = max(rows, key=lambda r: r["worst_fraction"])

@@ -257,8 +257,9 @@ def test_emulated_presplit_engine_is_bitwise_v3(monkeypatch):
 @needs_emu
 @pytest.mark.parametrize("case", ["mask-decay-gqa", "mask-rect", "causal-nomask"])
 def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
-    """float32, DA <= 64: v5's tile schedule (Tf32x3SplitEarlyEngine: next mask issued after the
-    weighting, no end-of-tile barrier) gives bitwise the results of v4's schedule
+    """float32, DA <= 64: v5's tile schedule with rounded lo parts (Tf32x3SplitEarlyEngine,
+    LINATTN_CUDA_FP32_LOTRUNC=0: next mask issued after the weighting, no end-of-tile barrier)
+    gives bitwise the results of v4's schedule
     (LINATTN_CUDA_FP32_EARLYMASK=0) and of v3's per-warp splits (LINATTN_CUDA_FP32_PRESPLIT=0),
     in row and col mode, with and without a mask, ragged tile ends."""
     if case == "mask-decay-gqa":
@@ -274,9 +275,9 @@ def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
                      dtype=torch.float64)
     runs = []
     for env in ({"LINATTN_CUDA_FP32_PRESPLIT": "0"}, {"LINATTN_CUDA_FP32_EARLYMASK": "0"},
-                {"LINATTN_CUDA_FP32_EARLYMASK": "1"}):
-        monkeypatch.delenv("LINATTN_CUDA_FP32_PRESPLIT", raising=False)
-        monkeypatch.delenv("LINATTN_CUDA_FP32_EARLYMASK", raising=False)
+                {"LINATTN_CUDA_FP32_EARLYMASK": "1", "LINATTN_CUDA_FP32_LOTRUNC": "0"}):
+        for key in ("LINATTN_CUDA_FP32_PRESPLIT", "LINATTN_CUDA_FP32_EARLYMASK", "LINATTN_CUDA_FP32_LOTRUNC"):
+            monkeypatch.delenv(key, raising=False)
         for k_, v_ in env.items():
             monkeypatch.setenv(k_, v_)
         o, _, grads = _run(_emu, p, torch.float32, causal=causal, do=do)
@@ -287,7 +288,7 @@ def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
 
 @needs_emu
 def test_emulated_lotrunc_engine_accuracy(monkeypatch):
-    """Opt-in LINATTN_CUDA_FP32_LOTRUNC=1 (lo parts truncated by the mma instead of rounded):
+    """v5's default LINATTN_CUDA_FP32_LOTRUNC=1 (lo parts truncated by the mma instead of rounded):
     o and every gradient stay at float32 level under the Hopper tensor-core model, within
     TOL and within 3x the default engine's error on the same problem (its representation
     error is at most twice v4's), and it is deterministic."""

@@ -300,7 +300,7 @@ struct Tf32x3SplitEarlyEngineT : Tf32x3SplitEngineT<LOTRUNC> {
   static constexpr bool EARLYMASK = true;
 };
 using Tf32x3SplitEarlyEngine = Tf32x3SplitEarlyEngineT<false>;
-// v5 schedule with unrounded lo parts (mma.cuh, split_tf32_trunc); opt-in, for timing
+// v5 schedule with unrounded lo parts (mma.cuh, split_tf32_trunc): the v5 default for DA <= 64
 using Tf32x3SplitEarlyTruncEngine = Tf32x3SplitEarlyEngineT<true>;
 
 // float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the

@@ -61,7 +61,7 @@ __device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) 
   lo = to_tf32(x - tf32_value(hi));
 }
 
-// x = hi + lo with lo left unrounded (opt-in, LINATTN_CUDA_FP32_LOTRUNC=1): an mma.sync on tf32
+// x = hi + lo with lo left unrounded (v5 default; LINATTN_CUDA_FP32_LOTRUNC=0 rounds): an mma.sync on tf32
 // operands reads only the upper 19 bits of each register, so passing x - hi as it is truncates
 // lo to tf32 (error < 2^-11 |lo| <= 2^-22 |x|, of the sign of lo, i.e. random relative to x)
 // instead of rounding it (2^-23 |x|): one float32 add instead of an add and a four-instruction
