@@ -246,6 +246,7 @@ def test_emulated_presplit_engine_is_bitwise_v3(monkeypatch):
     """float32, DA <= 64: the block-split engine (Tf32x3SplitEngine) gives bitwise the results of
     v3's per-warp splits (LINATTN_CUDA_FP32_PRESPLIT=0) in row and col mode, with mask, decay, GQA."""
     p, _ = _problem(1, 4, 2, 70, 70, 64, 65, mask_shape=(1, 4, 70, 70), decay=True, seed=3)
+    monkeypatch.setenv("LINATTN_CUDA_FP32_LOTRUNC", "0")  # v5's default truncates lo: not bitwise v3
     runs = []
     for flag in ("0", "1"):
         monkeypatch.setenv("LINATTN_CUDA_FP32_PRESPLIT", flag)
