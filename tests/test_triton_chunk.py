@@ -489,7 +489,7 @@ def test_run10_float64_wide_heads_plan_fits_shared_memory(monkeypatch):
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for D, E in ((16, 16), (64, 64), (128, 128), (65, 17), (256, 256), (256, 32), (32, 256)):
             BT = chunk._chunk_size(cfg)
-            BK, BV, _, st = chunk._fwd_tiles(D, E, dtype, BT, cfg, lim)
+            BK, BV, _, st, _ = chunk._fwd_tiles(D, E, dtype, BT, cfg, lim)
             fwd = chunk._smem_fwd(dtype, BT, BK, BV, st)
             assert fwd <= lim or st == 1, (dtype, D, E, st, fwd)
             for sg in (False, True):
@@ -504,7 +504,11 @@ def test_run10_float64_wide_heads_plan_fits_shared_memory(monkeypatch):
         assert chunk._fwd_tiles(D, D, torch.bfloat16, 64, cfg, lim)[3] == 4
         assert chunk._bwd_tiles(D, D, torch.bfloat16, False, cfg, lim)[6] == 3
         assert chunk._bwd_tiles(D, D, torch.bfloat16, True, cfg, lim)[6] == 3
-    assert cfg.fwd_peel >= 0  # the peeled loop is the default
+    assert chunk._fwd_tiles(128, 128, torch.bfloat16, 64, cfg, lim)[4]  # the peeled loop is the default at BV 64
+    # odd E runs 64-channel slices (run 10's bf16 causality failure had BV 32 at D = 65, E = 17)
+    assert chunk._fwd_tiles(65, 17, torch.bfloat16, 64, cfg, lim)[1:] == (64, 4, 4, True)
+    # D > 128: 32-channel slices keep v3's loop at <= 2 stages
+    assert chunk._fwd_tiles(256, 256, torch.bfloat16, 64, cfg, lim)[1:] == (32, 4, 2, False)
 
 
 class OutOfResources(Exception):

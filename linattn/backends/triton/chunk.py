@@ -67,9 +67,9 @@ class ChunkConfig:
     bwd_split    the same for the backward pass
     fwd_bv       output kernel: E channels per program (it holds all of D)
     fwd_warps, fwd_stages        num_warps / num_stages of the output kernel
-    fwd_peel     1 (the default): the output kernel runs full chunks with their decay
-                 factors computed once and no row masks, a partial last chunk after the
-                 loop; -1: v3's loop (every chunk computes its own factors and masks)
+    fwd_peel     1: the output kernel runs full chunks with their decay factors computed
+                 once and no row masks, a partial last chunk after the loop; -1: v3's loop
+                 (every chunk computes its own factors and masks); 0: peeled when BV >= 64
     fwd_early    1: the output kernel issues the state product before the intra-chunk one
     state_bk, state_bv, state_warps, state_stages   the split-state kernel's tile, warps, stages
     bwd_bk       dq and dk kernels: D channels per program (they hold all of E)
@@ -383,14 +383,23 @@ def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv
 
 
 def _fwd_tiles(D: int, E: int, dtype: torch.dtype, BT: int, cfg: ChunkConfig, limit: int):
-    """(BK, BV, warps, stages) of the output kernel. Stages: 4 where they fit shared memory
-    (GPU run 9, H200, bf16 decay B4·H16·N8192·D128: 0.305 ms at 2 stages, 0.185 at 4 with
-    the peeled loop), else 3, else 2, else 1 (``_smem_fwd``)."""
+    """(BK, BV, warps, stages, peel) of the output kernel.
+
+    BV: 64 channels of E per program whenever q and k fit 128 channels (D <= 128), also for
+    E < 64 (masked): GPU run 10's two unexplained forward faults both had [BK 128, BV 32]
+    tiles (the bf16 causality failure at E = 17 with 2 stages, and an illegal address with
+    3 stages and the peeled loop), while BV 64 ran every timing and check; D > 128 needs 32.
+    With BV 64 the default is run 9's winner: the peeled loop and 4 stages where they fit
+    shared memory (H200, bf16 decay B4·H16·N8192·D128: 0.305 ms at 2 stages, 0.185 at 4),
+    else 3, 2, 1 (``_smem_fwd``); narrower tiles keep run 10's validated v3 loop at <= 2.
+    """
     BK = _pow2(D)
-    BV = cfg.fwd_bv or min(_pow2(E), 64 if BK <= 128 else 32)
+    BV = cfg.fwd_bv or (64 if BK <= 128 else 32)
     warps = cfg.fwd_warps or (4 if BK * BV <= 128 * 64 else 8)
-    stages = cfg.fwd_stages or _fitting_stages(lambda st: _smem_fwd(dtype, BT, BK, BV, st), limit, 4)
-    return BK, BV, warps, stages
+    peel = cfg.fwd_peel > 0 or (cfg.fwd_peel == 0 and BV >= 64)
+    stages = cfg.fwd_stages or _fitting_stages(lambda st: _smem_fwd(dtype, BT, BK, BV, st), limit,
+                                               4 if peel else 2)
+    return BK, BV, warps, stages, peel
 
 
 def _forward(q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float, output_final_state: bool,
@@ -428,7 +437,7 @@ def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: boo
     G = H // Hkv
     n_seq = B if cu_seqlens is None else cu_seqlens.numel() - 1
     BT = _chunk_size(cfg)
-    BK, BV, warps, stages = _fwd_tiles(D, E, q.dtype, BT, cfg, limit)
+    BK, BV, warps, stages, peel = _fwd_tiles(D, E, q.dtype, BT, cfg, limit)
     NV = math.ceil(E / BV)
     plan = _plan(N, n_seq, lengths, H * NV, cfg.split, BT, q.device)
     sdt = _state_dtype(q.dtype)
@@ -450,7 +459,7 @@ def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: boo
         H=H, G=G, HDIV=hdiv, D=D, E=E, BT=BT, BK=BK, BV=BV,
         CAUSAL=causal, DECAY=slopes is not None, USE_INIT=h_init is not None,
         STORE_FINAL_STATE=ht is not None, IS_VARLEN=cu_seqlens is not None,
-        F64=q.dtype == torch.float64, PEEL=cfg.fwd_peel >= 0, EARLY_STATE=bool(cfg.fwd_early),
+        F64=q.dtype == torch.float64, PEEL=peel, EARLY_STATE=bool(cfg.fwd_early),
         num_warps=warps, num_stages=stages, **_dot_flags(q.dtype),
     )
     return o, ht
