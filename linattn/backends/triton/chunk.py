@@ -472,9 +472,10 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
     """(BT, BK, BV, BKf, BE, warps, stages) of the backward kernels.
 
     BT: the forward's chunk, halved while the backward launches cannot fit shared memory
-    at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 3
-    where they fit (GPU run 9, H200, bf16 decay B4·H16·N8192·D128: fwd+bwd 1.235 ->
-    1.107 ms with the forward's new defaults), else 2, else 1 (``_smem_bwd``).
+    at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 2
+    where they fit, else 1 (``_smem_bwd``). An A/B in one process on an H200 (GPU run 13,
+    bf16 decay B4·H16·N8192·D128, the forward's new defaults): backward at 3 stages fwd+bwd
+    1.443 ms, at 2 stages 1.103 (run 9's "3 stages: 1.107" did not hold up).
     """
     BKf, BE = _pow2(D), _pow2(E)
     if common.INTERPRET:
@@ -491,7 +492,7 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
         BT = _chunk_size(cfg)
         while not cfg.chunk and BT > 16 and _smem_bwd(el, BT, BK, BKf, BE, BV, 1) > limit:
             BT //= 2
-    stages = cfg.bwd_stages or _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 3)
+    stages = cfg.bwd_stages or _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 2)
     return BT, BK, BV, BKf, BE, warps, stages
 
 
