@@ -22,6 +22,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+from _env import env  # noqa: E402  (gpu/, the script's own folder, is on sys.path)
+
 T0 = time.time()
 BUDGET_S = float(os.environ.get("PROFILE_BUDGET_S", "80"))
 RES: dict = {"errors": [], "rows": []}
@@ -37,23 +39,6 @@ def save():
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "profile_seed.json"), "w") as f:
             json.dump(RES, f, indent=1, default=str)
-
-
-class env:
-    def __init__(self, **kv):
-        self.kv, self.old = kv, {}
-
-    def __enter__(self):
-        for k, v in self.kv.items():
-            self.old[k] = os.environ.get(k)
-            os.environ[k] = v
-
-    def __exit__(self, *a):
-        for k, v in self.old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def bench(fn, rep=30):

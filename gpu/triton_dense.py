@@ -42,6 +42,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
+from _env import env  # noqa: E402  (gpu/, the script's own folder, is on sys.path)
+
 T0 = time.time()
 BUDGET_S = float(os.environ.get("TRITON_DENSE_BUDGET_S", "100"))
 SMOKE = os.environ.get("TRITON_DENSE_SMOKE") == "1"
@@ -102,23 +104,6 @@ def item(name, fn, *, need_s=0.0):
         save()
 
 
-class env:
-    """Set environment variables for a block, restoring them after."""
-
-    def __init__(self, **kv):
-        self.kv, self.old = kv, {}
-
-    def __enter__(self):
-        for k, v in self.kv.items():
-            self.old[k] = os.environ.get(k)
-            os.environ[k] = v
-
-    def __exit__(self, *a):
-        for k, v in self.old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main():
