@@ -37,6 +37,8 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 
+import _env  # noqa: E402  (gpu/, the script's own folder, is on sys.path)
+
 T0 = time.time()
 BUDGET_S = float(os.environ.get("DENSE_FP32_BUDGET_S", "75"))
 NEED_S = float(os.environ.get("DENSE_FP32_NEED_S", "15"))
@@ -88,23 +90,13 @@ def watchdog():
     t.start()
 
 
-class env:
+class env(_env.env):
     """Set exactly these knobs (the others in KNOBS unset) for the duration."""
-    def __init__(self, **kv):
-        self.kv, self.old = kv, {}
 
     def __enter__(self):
-        for k in set(KNOBS) | set(self.kv):
-            self.old[k] = os.environ.get(k)
-            os.environ.pop(k, None)
-        os.environ.update(self.kv)
-
-    def __exit__(self, *a):
-        for k, v in self.old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        for k in set(KNOBS) - set(self.kv):
+            self.old[k] = os.environ.pop(k, None)
+        super().__enter__()
 
 
 def item(name, fn, need_s=0.0):
