@@ -80,6 +80,9 @@ class ChunkConfig:
                  and none at 8 (193 registers)
     bwd_chunk    tokens per chunk in the backward pass (0: ``chunk``, or 32 where a 64-token
                  chunk cannot fit shared memory: float64 with wide heads)
+    bwd_fuse     1: dq, dk and dv in one launch (``chunk_bwd_kernel_fused``; warps and
+                 stages from ``bwd_warps``/``bwd_stages``); -1: dq, then dk and dv, as two
+                 launches; 0: heuristic (``_fuse_bwd``)
 
     Stages default to what fits shared memory (``_fwd_tiles``/``_bwd_tiles``); a launch
     that Triton still refuses (OutOfResources) is retried with fewer stages, then shorter
@@ -105,6 +108,7 @@ class ChunkConfig:
     bwd_dkv_warps: int = 0
     bwd_dkv_stages: int = 0
     bwd_chunk: int = 0
+    bwd_fuse: int = 0
 
 
 _local = threading.local()
@@ -525,7 +529,7 @@ def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: flo
 
 def _backward_with(cfg: ChunkConfig, do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
                    slope_grad: bool, state_grad: bool, lengths: Optional[list], limit: int):
-    from .chunk_bwd import chunk_bwd_kernel_dkv, chunk_bwd_kernel_dq
+    from .chunk_bwd import chunk_bwd_kernel_fused
 
     B, H, N, D = q.shape
     Hkv, E = k.shape[1], v.shape[-1]
@@ -563,21 +567,45 @@ def _backward_with(cfg: ChunkConfig, do, dht, q, k, v, slopes, h0, cu_seqlens, c
                      F64=q.dtype == torch.float64, num_warps=warps, num_stages=stages,
                      **_dot_flags(q.dtype))
     runtime = (plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS)
-    chunk_bwd_kernel_dq[(plan.TS * H * NK,)](
-        q, k, v, do, dq, slopes, h_init, dh_end, ds_part, *runtime,
-        HDIV=hdiv, BK=BK, BE=BE, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
-        SLOPE_GRAD=slope_grad, FINE=slope_grad and q.dtype in (torch.float16, torch.bfloat16), **common_kw,
-    )
-    dkv_kw = dict(common_kw, num_warps=cfg.bwd_dkv_warps or warps, num_stages=cfg.bwd_dkv_stages or stages)
-    chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
-        q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
-        BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **dkv_kw,
-    )
+    fine = slope_grad and q.dtype in (torch.float16, torch.bfloat16)
+    if _fuse_bwd(cfg, q.dtype):
+        chunk_bwd_kernel_fused[(plan.TS * H * (2 * NK + NV),)](
+            q, k, v, do, dq, dk, dv, slopes, h_init, dh_end, dh0, ds_part, *runtime,
+            HDIV=hdiv, BK=BK, BE=BE, BKF=BKf, BV=BV, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
+            STORE_DH0=dh0 is not None, SLOPE_GRAD=slope_grad, FINE=fine, **common_kw,
+        )
+    else:
+        _bwd_two_launches(cfg, common_kw, runtime, plan, H, NK, NV, hdiv, BK, BE, BKf, BV, fine, slope_grad,
+                          q, k, v, do, dq, dk, dv, slopes, h_init, dh_end, dh0, ds_part)
     if G > 1:  # sum each group's heads, in a fixed order
         dk = dk.view(B, Hkv, G, N, D).sum(2).to(q.dtype)
         dv = dv.view(B, Hkv, G, N, E).sum(2).to(q.dtype)
     ds = ds_part.view(plan.TS, H, NK).sum((0, 2)) if slope_grad else None
     return dq, dk, dv, ds, dh0
+
+
+def _fuse_bwd(cfg: ChunkConfig, dtype: torch.dtype) -> bool:
+    """Whether the backward runs as one launch (see ``ChunkConfig.bwd_fuse``)."""
+    if cfg.bwd_fuse:
+        return cfg.bwd_fuse > 0
+    return False
+
+
+def _bwd_two_launches(cfg, common_kw, runtime, plan, H, NK, NV, hdiv, BK, BE, BKf, BV, fine, slope_grad,
+                      q, k, v, do, dq, dk, dv, slopes, h_init, dh_end, dh0, ds_part):
+    from .chunk_bwd import chunk_bwd_kernel_dkv, chunk_bwd_kernel_dq
+
+    chunk_bwd_kernel_dq[(plan.TS * H * NK,)](
+        q, k, v, do, dq, slopes, h_init, dh_end, ds_part, *runtime,
+        HDIV=hdiv, BK=BK, BE=BE, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
+        SLOPE_GRAD=slope_grad, FINE=fine, **common_kw,
+    )
+    dkv_kw = dict(common_kw, num_warps=cfg.bwd_dkv_warps or common_kw["num_warps"],
+                  num_stages=cfg.bwd_dkv_stages or common_kw["num_stages"])
+    chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
+        q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
+        BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **dkv_kw,
+    )
 
 
 # -- custom ops --------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from .common import HAVE_TRITON
 
-__all__ = ["chunk_bwd_kernel_dq", "chunk_bwd_kernel_dkv"]
+__all__ = ["chunk_bwd_kernel_dq", "chunk_bwd_kernel_dkv", "chunk_bwd_kernel_fused"]
 
 if HAVE_TRITON:
     import triton
@@ -71,21 +71,26 @@ if HAVE_TRITON:
     from .chunk_fwd import (
         chunk_span, intra_decay, key_decay, locate, pow_decay, query_decay, zeros_acc,
     )
-    from .common import dot, to_operand
+    from .common import dot, dot_state, f16_range, to_operand
 
     @triton.jit
     def dot_fine(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FINE: tl.constexpr):
         """a @ b for a 16-bit ``a`` and a float32 ``b`` rounded to ``like``'s dtype; FINE
-        splits b = b_hi + b_lo into two 16-bit operands (two products, ~twice the mantissa)."""
+        splits b = b_hi + b_lo into two 16-bit operands (two products, ~twice the mantissa).
+        In float16, b is first scaled into range by a power of two (``f16_range``)."""
+        if like.dtype == tl.float16:
+            b, p = f16_range(b)
         b_hi = to_operand(b, like, UPCAST)
         b_r = dot(a, b_hi, PRECISION, UPCAST)
         if FINE:
             b_r += dot(a, to_operand(b - b_hi.to(b.dtype), like, UPCAST), PRECISION, UPCAST)
+        if like.dtype == tl.float16:
+            b_r = b_r * p
         return b_r
 
-    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
-    def chunk_bwd_kernel_dq(
-        q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
+    @triton.jit
+    def bwd_dq_program(
+        i_k, i_split, i_h, i_ds, q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
         split_index, cu_seqlens, scale, N, NCS, NS,
         H: tl.constexpr, G: tl.constexpr, HDIV: tl.constexpr,
         D: tl.constexpr, E: tl.constexpr,
@@ -94,7 +99,8 @@ if HAVE_TRITON:
         SLOPE_GRAD: tl.constexpr, FINE: tl.constexpr, IS_VARLEN: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
     ):
-        """dq[:, slice] for one split; with SLOPE_GRAD also this program's share of ds.
+        """dq[:, slice i_k] for one split; with SLOPE_GRAD also this program's share of ds
+        (stored at ds_part[i_ds]).
 
         FINE (16-bit inputs with SLOPE_GRAD): the state-side operands of the products that
         feed ds (S and Ṫ read by do, the weighted v entering S and Ṫ) are split into two
@@ -102,10 +108,6 @@ if HAVE_TRITON:
         S to 16 bits made ds ~20× less accurate than the same formula in that dtype (fuzz
         finding triton-backward-e62d3fff65, float16 with packed sequences)."""
         tl.static_assert(BE >= E, "one program holds all E channels of do and v")
-        NK = tl.cdiv(D, BK)
-        pid = tl.program_id(0).to(tl.int64)
-        i_k, i_sh = pid % NK, pid // NK
-        i_split, i_h = i_sh // H, i_sh % H
         i_b, i_n, i_s, bos, T = locate(i_split, split_index, cu_seqlens, N, NS, IS_VARLEN)
         t0, t1 = chunk_span(i_s, T, BT, NCS)
         HKV = H // G
@@ -184,7 +186,7 @@ if HAVE_TRITON:
                 p_g = dh_end + ((i_split * H + i_h) * D + o_k[:, None]) * E + o_e[None, :]
                 b_g = tl.load(p_g, mask=m_ke, other=0.0).to(b_tan.dtype)
                 b_total += tl.sum(tl.sum(b_g * b_tan, axis=1)[None, :], axis=1)
-            tl.store(ds_part + pid + tl.arange(0, 1), b_total.to(ds_part.dtype.element_ty))
+            tl.store(ds_part + i_ds + tl.arange(0, 1), b_total.to(ds_part.dtype.element_ty))
 
     @triton.jit
     def bwd_dk_program(
@@ -234,7 +236,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_v = tl.load(v + (i_kv + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: v Gᵀ, weighted by how much of each key reaches the state
-            b_dk = dot(b_v, to_operand(tl.trans(b_g), b_v, UPCAST), PRECISION, UPCAST)  # [BT, BK]
+            b_dk = dot_state(b_v, tl.trans(b_g), b_v, PRECISION, UPCAST)  # [BT, BK]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
@@ -305,7 +307,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
             # -- inter-chunk: k G, weighted by how much of each key reaches the state
-            b_dv = dot(b_k, to_operand(b_g, b_k, UPCAST), PRECISION, UPCAST)  # [BT, BV]
+            b_dv = dot_state(b_k, b_g, b_k, PRECISION, UPCAST)  # [BT, BV]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)
@@ -354,6 +356,72 @@ if HAVE_TRITON:
         else:
             bwd_dv_program(
                 i_r - NK, i_split, i_h, q, k, do, dv, slopes, dh_end,
+                split_index, cu_seqlens, scale, N, NCS, NS,
+                H, G, D, E, BT, BKF, BV, CAUSAL, DECAY, USE_DH, IS_VARLEN,
+                PRECISION, UPCAST, F64,
+            )
+
+    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
+    def chunk_bwd_kernel_dq(
+        q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
+        split_index, cu_seqlens, scale, N, NCS, NS,
+        H: tl.constexpr, G: tl.constexpr, HDIV: tl.constexpr,
+        D: tl.constexpr, E: tl.constexpr,
+        BT: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr, USE_INIT: tl.constexpr, USE_DH: tl.constexpr,
+        SLOPE_GRAD: tl.constexpr, FINE: tl.constexpr, IS_VARLEN: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
+    ):
+        """dq alone: per (split, head), ⌈D/BK⌉ programs (``bwd_dq_program``)."""
+        NK = tl.cdiv(D, BK)
+        pid = tl.program_id(0).to(tl.int64)
+        i_k, i_sh = pid % NK, pid // NK
+        bwd_dq_program(
+            i_k, i_sh // H, i_sh % H, pid, q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
+            split_index, cu_seqlens, scale, N, NCS, NS,
+            H, G, HDIV, D, E, BT, BK, BE, CAUSAL, DECAY, USE_INIT, USE_DH, SLOPE_GRAD, FINE, IS_VARLEN,
+            PRECISION, UPCAST, F64,
+        )
+
+    @triton.jit(do_not_specialize=["N", "scale", "NCS", "NS"])
+    def chunk_bwd_kernel_fused(
+        q, k, v, do, dq, dk, dv, slopes, h_init, dh_end, dh0, ds_part,
+        split_index, cu_seqlens, scale, N, NCS, NS,
+        H: tl.constexpr, G: tl.constexpr, HDIV: tl.constexpr,
+        D: tl.constexpr, E: tl.constexpr,
+        BT: tl.constexpr, BK: tl.constexpr, BE: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+        CAUSAL: tl.constexpr, DECAY: tl.constexpr, USE_INIT: tl.constexpr, USE_DH: tl.constexpr,
+        STORE_DH0: tl.constexpr, SLOPE_GRAD: tl.constexpr, FINE: tl.constexpr, IS_VARLEN: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
+    ):
+        """dq, dk and dv in one launch: per (split, head), ⌈D/BK⌉ dq programs, ⌈D/BK⌉ dk
+        programs and ⌈E/BV⌉ dv programs with neighbouring ids. Each program is a walk over
+        the chunks that carries one state slice, one chunk at a time: a latency-bound loop.
+        Two launches (dq, then dk and dv) leave SMs half idle in each one's tail and hold fewer
+        walks per SM to hide one another's latency; one launch overlaps the forward dq walks
+        with the backward dk and dv walks."""
+        NK = tl.cdiv(D, BK)
+        NR = 2 * NK + tl.cdiv(E, BV)
+        pid = tl.program_id(0).to(tl.int64)
+        i_r, i_sh = pid % NR, pid // NR
+        i_split, i_h = i_sh // H, i_sh % H
+        if i_r < NK:
+            bwd_dq_program(
+                i_r, i_split, i_h, i_sh * NK + i_r, q, k, v, do, dq, slopes, h_init, dh_end, ds_part,
+                split_index, cu_seqlens, scale, N, NCS, NS,
+                H, G, HDIV, D, E, BT, BK, BE, CAUSAL, DECAY, USE_INIT, USE_DH, SLOPE_GRAD, FINE, IS_VARLEN,
+                PRECISION, UPCAST, F64,
+            )
+        elif i_r < 2 * NK:
+            bwd_dk_program(
+                i_r - NK, i_split, i_h, q, v, do, dk, slopes, dh_end, dh0,
+                split_index, cu_seqlens, scale, N, NCS, NS,
+                H, G, D, E, BT, BK, BE, CAUSAL, DECAY, USE_DH, STORE_DH0, IS_VARLEN,
+                PRECISION, UPCAST, F64,
+            )
+        else:
+            bwd_dv_program(
+                i_r - 2 * NK, i_split, i_h, q, k, do, dv, slopes, dh_end,
                 split_index, cu_seqlens, scale, N, NCS, NS,
                 H, G, D, E, BT, BKF, BV, CAUSAL, DECAY, USE_DH, IS_VARLEN,
                 PRECISION, UPCAST, F64,

@@ -182,6 +182,32 @@ if HAVE_TRITON:
             return acc + dot(a_hi, b_hi, PRECISION, UPCAST)
 
     @triton.jit
+    def f16_range(x):
+        """(x / p, p) with p a power of two >= 1 such that every |x / p| <= 2^14: a float32
+        tile brought into float16's range (largest 65504) before it is rounded to a dot
+        operand. p = 1 (exactly, so nothing changes) unless the tile's largest entry passes
+        2^14. Used for the chunked kernels' float32 states (S, G, dS/ds): unlike the inputs
+        they are sums over up to the whole sequence (with slow decay S grows like the window,
+        dS/ds like the window squared) and can leave float16's range where the reference's
+        products, which only sum in float32, never do."""
+        m = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        e = tl.minimum(tl.maximum(tl.ceil(tl.log2(tl.maximum(m, 1e-30))) - 14.0, 0.0), 100.0).to(tl.int32)
+        inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
+        p = ((127 + e) << 23).to(tl.float32, bitcast=True)
+        return x * inv, p
+
+    @triton.jit
+    def dot_state(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` for a float32 state tile ``b`` rounded to ``like``'s dtype; in float16
+        the state is first scaled into range by a power of two (``f16_range``), which is
+        exact and a no-op unless an entry passes 2^14."""
+        if like.dtype == tl.float16:
+            b_s, p = f16_range(b)
+            return dot(a, to_operand(b_s, like, UPCAST), PRECISION, UPCAST) * p
+        else:
+            return dot(a, to_operand(b, like, UPCAST), PRECISION, UPCAST)
+
+    @triton.jit
     def to_operand(x, like, UPCAST: tl.constexpr):
         """``x`` rounded to ``like``'s dtype, as a dot operand (round to nearest even).
 
