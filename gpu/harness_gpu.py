@@ -135,6 +135,10 @@ REPROS = {
         "Problem(B=3, H=2, Hkv=2, N=7, M=7, D=17, E=60, dtype='float16', device='cuda', mask_kind='decay', "
         "mask_shape='BHNM', mask_values='binary', slopes='mixed', scale=2.0, initial_state=True, "
         "final_state=False, grads=('q', 'k', 'v', 'slopes', 'initial_state'), cu_seqlens=None, seed=150573592)"],
+    ("triton", "linearity_v", "float16"): [  # run 11: dslopes = inf (dS/ds past float16's range)
+        "Problem(B=1, H=2, Hkv=2, N=4095, M=4095, D=48, E=64, dtype='float16', device='cuda', mask_kind='decay', "
+        "mask_shape='BHNM', mask_values='real', slopes='tnl', scale=0.5, initial_state=False, final_state=True, "
+        "grads=('q', 'k', 'v', 'slopes'), cu_seqlens=None, seed=449940552)"],
     ("triton", "causality", "bfloat16"): [  # o 47x band
         "Problem(B=2, H=2, Hkv=1, N=2039, M=2039, D=65, E=17, dtype='bfloat16', device='cuda', "
         "mask_kind='decay', mask_shape='11NM', mask_values='binary', slopes='mixed', scale=1.0, "

@@ -234,9 +234,9 @@ def ours_calls(q, k, v, do, s, cfg=None):
             return chunk_linear_attention(q, k, v, decay=s)[0]
 
     def fwdbwd():
-        with chunk_config(**cfg):
+        with chunk_config(**cfg):  # the backward reads the config when it runs: keep it inside
             o = chunk_linear_attention(*xs, decay=s)[0]
-        o.backward(do)
+            o.backward(do)
 
     return fwd, fwdbwd, xs
 

@@ -616,3 +616,23 @@ def test_out_of_resources_falls_back_and_remembers(monkeypatch):
     monkeypatch.setattr(chunk_fwd, "chunk_fwd_kernel_o", Broken())
     with pytest.raises(RuntimeError, match="something else"):
         chunk_linear_attention(*(p[n].to(DEVICE) for n in "qkv"), decay=p["decay"].to(DEVICE))
+
+
+def test_backward_uses_the_forwards_config(monkeypatch):
+    """autograd runs a CUDA backward on its own thread, where chunk_config's thread-local
+    overrides are not in force: the eager path records the forward's configuration."""
+    from linattn.backends.triton import chunk as chunk_mod
+
+    seen = []
+    real = chunk_mod._backward_with
+
+    def spy(cfg, *a, **k):
+        seen.append(cfg)
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(chunk_mod, "_backward_with", spy)
+    q, k, v = (torch.randn(1, 2, 20, 8, device=DEVICE, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    with chunk_config(bwd_fuse=1, bwd_bk=16):
+        o, _ = chunk_linear_attention(q, k, v, causal=True)
+    o.sum().backward()  # outside the block: the forward's configuration still holds
+    assert seen and seen[-1].bwd_fuse == 1 and seen[-1].bwd_bk == 16

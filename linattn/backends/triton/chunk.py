@@ -158,6 +158,10 @@ def chunk_config(**overrides):
 
     >>> with chunk_config(split=-1, fwd_bv=32):   # fused schedule, 32 channels per program
     ...     o = linattn.linear_attention(q, k, v, decay=slopes, backend="triton")
+
+    The backward of a forward run inside the block uses the block's configuration too,
+    wherever and whenever autograd runs it (eager calls record it with the forward); under
+    torch.compile the backward reads the configuration in force when it runs.
     """
     old = getattr(_local, "config", None)
     _local.config = replace(old or _env_config(), **overrides)
@@ -501,9 +505,12 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
 
 
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
-              slope_grad: bool, state_grad: bool, lengths: Optional[list] = None):
-    """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None)."""
-    cfg = current_config()
+              slope_grad: bool, state_grad: bool, lengths: Optional[list] = None,
+              cfg: Optional[ChunkConfig] = None):
+    """Launch the backward pass; returns (dq, dk, dv, ds or None, dh0 or None). ``cfg``: the
+    configuration the forward ran under (autograd runs a CUDA backward on its own device
+    thread, where ``chunk_config``'s thread-local overrides are not seen)."""
+    cfg = cfg or current_config()
     D, E = q.shape[-1], v.shape[-1]
     slope_grad = slope_grad and slopes is not None
     if lengths is None:
@@ -704,6 +711,7 @@ class _ChunkFn(torch.autograd.Function):
         o, ht = _forward(q, k, v, slopes, initial_state, cu_seqlens, causal, scale, output_final_state, lengths)
         ctx.save_for_backward(q, k, v, slopes, initial_state, cu_seqlens)
         ctx.causal, ctx.scale, ctx.lengths = causal, scale, lengths
+        ctx.cfg = current_config()  # for the backward, which may run on autograd's device thread
         ctx.set_materialize_grads(False)
         return o, ht
 
@@ -716,7 +724,7 @@ class _ChunkFn(torch.autograd.Function):
         state_grad = initial_state is not None and ctx.needs_input_grad[4]
         dq, dk, dv, ds, dh0 = _backward(
             do.contiguous(), None if dht is None else dht.contiguous(), q, k, v, slopes,
-            initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad, ctx.lengths,
+            initial_state, cu_seqlens, ctx.causal, ctx.scale, slope_grad, state_grad, ctx.lengths, ctx.cfg,
         )
         return (dq, dk, dv, ds if slope_grad else None, dh0 if state_grad else None,
                 None, None, None, None)
