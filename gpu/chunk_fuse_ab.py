@@ -1,6 +1,7 @@
-"""The chunk backward as one launch (bwd_fuse=1) or two (dq, then dk+dv), and fla 0.6.0, in one process.
+"""Backward variants of the chunk kernels (one launch or two, tiles, stages) and fla 0.6.0, in one process.
 
     python3 gpu/chunk_fuse_ab.py     # bf16 decay, issue 5's four shapes; medians of interleaved repeats
+    AB_SHAPES=1 AB_VARIANTS="base:;s1:bwd_stages=1" python3 gpu/chunk_fuse_ab.py
 
 Each variant is timed REPEATS times in turn (A B C A B C ...), the median reported, so a
 drift of the card's clocks hits every variant alike.
@@ -19,6 +20,11 @@ SHAPES = [("B4-H16-N8192-D128", 4, 16, 8192, 128), ("B8-H16-N2048-D128", 8, 16, 
           ("B1-H16-N32768-D128", 1, 16, 32768, 128), ("B8-H32-N2048-D64", 8, 32, 2048, 64)]
 VARIANTS = {"two": dict(bwd_fuse=-1), "fused": dict(bwd_fuse=1), "fused-w8": dict(bwd_fuse=1, bwd_warps=8),
             "two-dkv-w8": dict(bwd_fuse=-1, bwd_dkv_warps=8)}
+if os.environ.get("AB_VARIANTS"):  # "name:k=v,k=v;name2:k=v" (an empty list after the colon: defaults)
+    VARIANTS = {}
+    for item in os.environ["AB_VARIANTS"].split(";"):
+        name, _, kvs = item.partition(":")
+        VARIANTS[name.strip()] = {k.strip(): int(v) for k, v in (kv.split("=") for kv in kvs.split(",") if kv.strip())}
 REPEATS = int(os.environ.get("AB_REPEATS", "3"))
 tc.FLA = tc._import_fla()
 print("card", torch.cuda.get_device_name(), "fla", tc.FLA is not None, flush=True)

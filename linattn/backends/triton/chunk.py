@@ -479,6 +479,12 @@ def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: boo
 def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkConfig, limit: int):
     """(BT, BK, BV, BKf, BE, warps, stages) of the backward kernels.
 
+    Warps: 8 for 16-bit inputs with the slopes' gradient (the FINE kernels). At 4 warps Triton
+    3.6 miscompiles them on sm_90 (GPU runs 10-16: an illegal shared-memory access, then wrong
+    dslopes or an illegal address, for float16 and bfloat16 at N = 7 .. 130, D = 17 / 32,
+    E = 60, with 16- and 32-channel slices); 8 warps, one stage or 64-channel slices are clean
+    (run 16's grid, gpu/chunk_fault_grid.py), and 8 warps keeps the slices small.
+
     BT: the forward's chunk, halved while the backward launches cannot fit shared memory
     at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 2
     where they fit, else 1 (``_smem_bwd``). An A/B in one process on an H200 (GPU run 13,
@@ -492,7 +498,8 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
     else:
         BK = cfg.bwd_bk or min(BKf, 64 if BE <= 128 and not slope_grad else 32)
         BV = cfg.bwd_bv or min(BE, 64 if BKf <= 128 else 32)
-    warps = cfg.bwd_warps or (4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
+    fine16 = slope_grad and dtype in (torch.float16, torch.bfloat16)
+    warps = cfg.bwd_warps or (8 if fine16 else 4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
     el = torch.empty((), dtype=dtype).element_size()
     if cfg.bwd_chunk:
         BT = _chunk_size(replace(cfg, chunk=cfg.bwd_chunk))

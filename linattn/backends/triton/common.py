@@ -98,6 +98,8 @@ def next_pow2_tile(n: int, minimum: int = 16) -> int:
 if HAVE_TRITON:
 
     _PRESPLIT = tl.constexpr(PRESPLIT)  # a global a jitted function may read
+    #: ``LINATTN_TRITON_F16_RANGE=0`` turns ``f16_range`` off (for A/B runs on a GPU only).
+    _F16_RANGE = tl.constexpr(os.environ.get("LINATTN_TRITON_F16_RANGE", "1") != "0")
 
     @triton.jit
     def dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
@@ -190,10 +192,14 @@ if HAVE_TRITON:
         they are sums over up to the whole sequence (with slow decay S grows like the window,
         dS/ds like the window squared) and can leave float16's range where the reference's
         products, which only sum in float32, never do."""
-        m = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
-        e = tl.minimum(tl.maximum(tl.ceil(tl.log2(tl.maximum(m, 1e-30))) - 14.0, 0.0), 100.0).to(tl.int32)
-        inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
-        p = ((127 + e) << 23).to(tl.float32, bitcast=True)
+        if _F16_RANGE:
+            m = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+            e = tl.minimum(tl.maximum(tl.ceil(tl.log2(tl.maximum(m, 1e-30))) - 14.0, 0.0), 100.0).to(tl.int32)
+            inv = ((127 - e) << 23).to(tl.float32, bitcast=True)
+            p = ((127 + e) << 23).to(tl.float32, bitcast=True)
+        else:
+            inv = 1.0
+            p = 1.0
         return x * inv, p
 
     @triton.jit
