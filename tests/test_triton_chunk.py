@@ -515,6 +515,19 @@ def test_fused_backward_matches_two_launches(kind):
         assert res.ok, res.message()
 
 
+def test_run16_small_head_regression():
+    """triton/batch_invariance/float16 (GPU run 16): dq and dk ~1 relative error at D = 3,
+    E = 128 (16-channel slices, 4 warps, 2 stages: a Triton 3.6 miscompile on sm_90; bfloat16
+    too). The backward now runs 8 warps for head dims that are not multiples of 16."""
+    p = Problem(B=2, H=6, Hkv=2, N=65, M=65, D=3, E=128, dtype="float16", device=DEVICE, mask_kind="causal",
+                mask_shape="NM", mask_values="real", slopes="large", scale=0.5, initial_state=False,
+                final_state=False, grads=("q", "k", "v"), cu_seqlens=None, seed=1755817294)
+    for dtype in ("float16", "bfloat16"):
+        for prop in ("backward", "batch_invariance"):
+            res = run_property(prop, "triton", p.replace(dtype=dtype))
+            assert res.ok, res.message()
+
+
 def test_run10_bfloat16_causality_regression():
     """triton/causality/bfloat16: o 47x its band on the H200 (D = 65 padded to 128 channels,
     E = 17 in 32-channel slices, 4 programs: the 1024-token split schedule, a zero slope,

@@ -75,14 +75,18 @@ class ChunkConfig:
     bwd_bk       dq and dk kernels: D channels per program (they hold all of E)
     bwd_bv       dv kernel: E channels per program (it holds all of D)
     bwd_warps, bwd_stages        num_warps / num_stages of the three backward kernels
-    bwd_dkv_warps, bwd_dkv_stages    the same for the dk/dv launch alone (0: as above); on
-                 sm_90 (ptxas, bf16 decay D = E = 128) that launch spills 344 bytes at 4 warps
-                 and none at 8 (193 registers)
+    bwd_dkv_warps, bwd_dkv_stages    the same for the dk/dv launch alone (0: as above, but
+                 1 stage for D = E = 128 tiles: ``_dkv_stages``); on sm_90 (ptxas, bf16 decay
+                 D = E = 128) that launch spills 344 bytes at 4 warps and none at 8 (193
+                 registers)
     bwd_chunk    tokens per chunk in the backward pass (0: ``chunk``, or 32 where a 64-token
                  chunk cannot fit shared memory: float64 with wide heads)
     bwd_fuse     1: dq, dk and dv in one launch (``chunk_bwd_kernel_fused``; warps and
-                 stages from ``bwd_warps``/``bwd_stages``); -1: dq, then dk and dv, as two
-                 launches; 0: heuristic (``_fuse_bwd``)
+                 stages from ``bwd_warps``/``bwd_stages``); -1 or 0 (the default): dq, then
+                 dk and dv, as two launches. On an H200 (GPU run 16, bf16 decay) one launch
+                 was no faster: B4·H16·N8192·D128 fwd+bwd 1.124 ms against 1.107, B8·H16·
+                 N2048·D128 0.489 against 0.495 (the launches are bound by each walk's
+                 latency, not by the tail of the first)
 
     Stages default to what fits shared memory (``_fwd_tiles``/``_bwd_tiles``); a launch
     that Triton still refuses (OutOfResources) is retried with fewer stages, then shorter
@@ -479,11 +483,15 @@ def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: boo
 def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkConfig, limit: int):
     """(BT, BK, BV, BKf, BE, warps, stages) of the backward kernels.
 
-    Warps: 8 for 16-bit inputs with the slopes' gradient (the FINE kernels). At 4 warps Triton
-    3.6 miscompiles them on sm_90 (GPU runs 10-16: an illegal shared-memory access, then wrong
-    dslopes or an illegal address, for float16 and bfloat16 at N = 7 .. 130, D = 17 / 32,
-    E = 60, with 16- and 32-channel slices); 8 warps, one stage or 64-channel slices are clean
-    (run 16's grid, gpu/chunk_fault_grid.py), and 8 warps keeps the slices small.
+    Warps: 8 for 16-bit inputs with the slopes' gradient (the FINE kernels) or with a head
+    dim that is not a multiple of 16. At 4 warps and 2 stages Triton 3.6 miscompiles these
+    backward kernels on sm_90: GPU runs 10-17 found an illegal shared-memory access
+    (compute-sanitizer), then wrong dslopes / dk or an illegal address, for float16 and
+    bfloat16 with the slopes' gradient at N = 7 and 40, D = 17 (32-channel slices), and
+    without it at D = 3, E = 128 (16-channel slices); the interpreter gets them right. In run
+    17's grid (gpu/chunk_fault_grid.py, one process per check) 8 warps or one stage fixes
+    every one; 8 warps keeps the pipelining. D = 16 / 32 / 48 with E = 60 / 64 / 128 passed
+    at 4 warps, and the tuned shapes (D = E = 64, 128) keep them.
 
     BT: the forward's chunk, halved while the backward launches cannot fit shared memory
     at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 2
@@ -498,8 +506,9 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
     else:
         BK = cfg.bwd_bk or min(BKf, 64 if BE <= 128 and not slope_grad else 32)
         BV = cfg.bwd_bv or min(BE, 64 if BKf <= 128 else 32)
-    fine16 = slope_grad and dtype in (torch.float16, torch.bfloat16)
-    warps = cfg.bwd_warps or (8 if fine16 else 4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
+    half = dtype in (torch.float16, torch.bfloat16)
+    odd = half and (slope_grad or D % 16 != 0 or E % 16 != 0)
+    warps = cfg.bwd_warps or (8 if odd else 4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
     el = torch.empty((), dtype=dtype).element_size()
     if cfg.bwd_chunk:
         BT = _chunk_size(replace(cfg, chunk=cfg.bwd_chunk))
@@ -509,6 +518,17 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
             BT //= 2
     stages = cfg.bwd_stages or _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 2)
     return BT, BK, BV, BKf, BE, warps, stages
+
+
+def _dkv_stages(cfg: ChunkConfig, BK: int, BE: int, BKf: int, BV: int, stages: int) -> int:
+    """Stages of the dk/dv launch: one where its tiles are large (D = E = 128: BK·BE = 64·128),
+    else the dq launch's. On an H200 (GPU run 17, bf16 decay B4·H16·N8192·D128, nine backward
+    variants timed in one process) dk/dv at 1 stage made fwd+bwd 1.062 ms against 1.099 at 2:
+    that launch spills at 4 warps, and a second stage's buffers only add to it; dq at 1 stage
+    as well was slower (1.122)."""
+    if cfg.bwd_dkv_stages:
+        return cfg.bwd_dkv_stages
+    return 1 if max(BK * BE, BKf * BV) >= 64 * 128 and not cfg.bwd_stages else stages
 
 
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
@@ -615,7 +635,7 @@ def _bwd_two_launches(cfg, common_kw, runtime, plan, H, NK, NV, hdiv, BK, BE, BK
         SLOPE_GRAD=slope_grad, FINE=fine, **common_kw,
     )
     dkv_kw = dict(common_kw, num_warps=cfg.bwd_dkv_warps or common_kw["num_warps"],
-                  num_stages=cfg.bwd_dkv_stages or common_kw["num_stages"])
+                  num_stages=_dkv_stages(cfg, BK, BE, BKf, BV, common_kw["num_stages"]))
     chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
         q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
         BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **dkv_kw,
