@@ -473,10 +473,13 @@ def smoke_child():
     log(f"smoke with v4's schedule: {'ok' if ok4 else 'FAILED'}; {RESULTS['smoke']['fallback']}: {out4[-300:]}")
 
 
-def schedule_bitwise():
+def schedule_bitwise(what="v5 schedule vs v4 schedule", knob="LINATTN_CUDA_FP32_EARLYMASK", flags=("1", "0"),
+                     fixed=None):
     """v5's tile schedule (with rounded lo parts, LOTRUNC=0) against v4's on the seed-like problem (B2 H3 N1024 D64, 0/1 mask
     [1,1,N,N]) and a GQA causal+mask problem: o, dq, dk, dv must be bitwise equal (same products,
-    same order); a race in the shorter schedule would break this."""
+    same order); a race in the shorter schedule would break this. ``knob``/``flags``/``fixed``:
+    another pair of float32 variants that must agree bitwise (v6's PONCE against v5)."""
+    fixed = {"LINATTN_CUDA_FP32_LOTRUNC": "0"} if fixed is None else fixed
     out = []
     sizes = {"seedlike": (2, 3, 3, 1024, 64, False), "gqa-causal-mask": (2, 4, 2, 777, 48, True)}
     if DRY:  # the emulator: same kinds, small
@@ -488,10 +491,10 @@ def schedule_bitwise():
         mask = torch.randint(0, 2, (1, 1, N, N), generator=g, device=DEV).float()
         do = torch.randn(B, H, N, D, generator=g, device=DEV)
         res = []
-        for flag in ("1", "0"):
-            saved = {key: os.environ.get(key) for key in ("LINATTN_CUDA_FP32_EARLYMASK", "LINATTN_CUDA_FP32_LOTRUNC")}
-            os.environ["LINATTN_CUDA_FP32_EARLYMASK"] = flag
-            os.environ["LINATTN_CUDA_FP32_LOTRUNC"] = "0"  # v5's schedule with v4's rounding
+        for flag in flags:
+            saved = {key: os.environ.get(key) for key in [knob] + list(fixed)}
+            os.environ[knob] = flag
+            os.environ.update(fixed)  # v5 vs v4: v5's schedule with v4's rounding
             try:
                 x = [t.clone().requires_grad_() for t in (q, k, v)]
                 import linattn
@@ -504,9 +507,9 @@ def schedule_bitwise():
             finally:
                 restore_env(saved)
         eq = all(torch.equal(a, b) for a, b in zip(*res))
-        out.append({"problem": label, "bitwise_equal": eq})
-        log(f"v5 schedule vs v4 schedule, {label}: bitwise equal = {eq}")
-    RESULTS["schedule_bitwise"] = out
+        out.append({"problem": label, "what": what, "bitwise_equal": eq})
+        log(f"{what}, {label}: bitwise equal = {eq}")
+    RESULTS.setdefault("schedule_bitwise", []).extend(out)
     save()
 
 
@@ -557,7 +560,12 @@ VARIANTS = {
     "cuda-v3kernel": ("cuda", {"LINATTN_CUDA_FP32_PRESPLIT": "0"}, 0),  # float32: v3's per-warp splits
     "cuda-v3host": ("cuda", {}, 2),  # the v3 loader's two `ninja --version` per forward (what run 6 timed)
     "cuda-ffma": ("cuda", {"LINATTN_CUDA_FP32_FFMA": "1"}, 0),  # every float32 product on FFMA
+    "cuda-ponce": ("cuda", {"LINATTN_CUDA_FP32_PONCE": "1"}, 0),  # float32 v6: P split once per tile
+    "cuda-v5": ("cuda", {"LINATTN_CUDA_FP32_PONCE": "0"}, 0),  # float32 v5 (whatever the default)
 }
+#: the seed float32 timing's rows, in order (CUDA_SEED_ROWS="cuda,reference,..." overrides)
+SEED_ROWS = [x for x in os.environ.get("CUDA_SEED_ROWS", "cuda,reference,cuda-rna,cuda-v4sched,cuda-v3kernel")
+             .split(",") if x]
 
 
 def timing(label, B, H, N, D, dtype, backends, reps):
@@ -668,8 +676,10 @@ def main():
 
     # 2. the seed's float32 speed (the open target of issue 6), its kernels, the v3 host path
     if afford("timing/seed fp32", 8):
-        timing("seed fp32", 16, 12, 1024, 64, torch.float32,
-               ["cuda", "reference", "cuda-rna", "cuda-v4sched", "cuda-v3kernel"], reps=10)
+        timing("seed fp32", 16, 12, 1024, 64, torch.float32, SEED_ROWS, reps=10)
+    if afford("ponce_bitwise", 4):
+        guarded("schedule_bitwise", "v6 vs v5")(schedule_bitwise)(
+            "v6 (P split once) vs v5", "LINATTN_CUDA_FP32_PONCE", ("1", "0"), {})
     if afford("schedule_bitwise", 4):
         guarded("schedule_bitwise", "v5 vs v4")(schedule_bitwise)()
     if afford("profile/seed fp32", 5):
@@ -755,7 +765,7 @@ def finish():
         print(f"replay {r['id']:28s} ffma={r['ffma']:4s}: " + ("PASS" if r["pass"] else "FAIL")
               + (f" ({r['worst_fraction']:.3f} of band)" if r["pass"] else ""))
     for d in RESULTS.get("schedule_bitwise", []):
-        print(f"v5 vs v4 schedule {d['problem']:16s}: bitwise equal = {d['bitwise_equal']}")
+        print(f"{d.get('what', 'v5 vs v4 schedule')} {d['problem']:16s}: bitwise equal = {d['bitwise_equal']}")
     for d in RESULTS["determinism"]:
         print(f"determinism {d['dtype']:9s}: bitwise equal = {d['bitwise_equal']}")
     print(f"{'timing':14s} {'backend':12s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} {'peak MiB':>10s} {'speedup':>8s} {'mem':>6s}")

@@ -288,6 +288,28 @@ def test_emulated_v5_schedule_is_bitwise_v4(monkeypatch, case):
 
 
 @needs_emu
+@pytest.mark.parametrize("case", ["mask-decay-gqa", "mask-rect"])
+def test_emulated_ponce_is_bitwise_v5(monkeypatch, case):
+    """float32, DA <= 64: v6's accumulation (each P fragment split once,
+    LINATTN_CUDA_FP32_PONCE=1) gives bitwise v5's results in row and col mode."""
+    if case == "mask-decay-gqa":
+        p, _ = _problem(1, 4, 2, 75, 75, 64, 33, mask_shape=(1, 4, 75, 75), decay=True, seed=5)
+        causal = True
+    else:
+        p, _ = _problem(2, 2, 2, 70, 101, 48, 64, mask_shape=(1, 1, 70, 101), seed=7)
+        causal = False
+    do = torch.randn(*p["q"].shape[:3], p["v"].shape[3], generator=torch.Generator().manual_seed(2),
+                     dtype=torch.float64)
+    runs = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("LINATTN_CUDA_FP32_PONCE", flag)
+        o, _, grads = _run(_emu, p, torch.float32, causal=causal, do=do)
+        runs.append([o] + [grads[n] for n in ("q", "k", "v")])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert not any(torch.equal(x, torch.zeros_like(x)) for x in runs[1])
+
+
+@needs_emu
 def test_emulated_lotrunc_engine_accuracy(monkeypatch):
     """v5's default LINATTN_CUDA_FP32_LOTRUNC=1 (lo parts truncated by the mma instead of rounded):
     o and every gradient stay at float32 level under the Hopper tensor-core model, within

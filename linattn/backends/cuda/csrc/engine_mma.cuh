@@ -155,7 +155,14 @@ struct Tf32x3Engine {
 // DA <= 64 and runs it single-buffered with 8 warps first (two blocks per SM fit: 103 KiB with
 // a dense mask), one more barrier per tile. Arithmetic, summation order and
 // short chains are those of Tf32x3Engine: results are bitwise the same.
-template <bool LOTRUNC>
+//
+// PONCE (v6, LINATTN_CUDA_FP32_PONCE=1): `accumulate_x` splits each P fragment once instead of
+// once per half of the 64 output channels. v5 runs the halves as its outer loop (one 4 x 4
+// partial fragment live), so every P value is split twice: 16 of a tile's 64 splits a lane
+// are repeats. v6 runs the P columns outer and both halves inner, into two partial fragments
+// (16 more live registers); each output's partial sum still runs over kk in order and is added
+// to o once per tile, so results are bitwise v5's.
+template <bool LOTRUNC, bool PONCE = false>
 struct Tf32x3SplitEngineT : Tf32x3Engine {
   static constexpr bool PRESPLIT = true;
   // x = hi + lo: lo rounded (cvt.rna, v4, bitwise v3) or left for the mma to truncate (LOTRUNC)
@@ -249,6 +256,44 @@ struct Tf32x3SplitEngineT : Tf32x3Engine {
   // o[n] += P C as Tf32x3Engine::accumulate, C fragments from Cx.
   static __device__ __forceinline__ void accumulate_x(float (&o)[8][4], const float (&s)[NJ][4], const uint32_t* Cx) {
     const int lane = threadIdx.x & 31;
+    if constexpr (PONCE) {
+      float part[2][4][4];
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) part[h][n][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < NJ; ++kk) {
+        uint32_t ahi[4], alo[4];
+        split(s[kk][0], ahi[0], alo[0]);
+        split(s[kk][2], ahi[1], alo[1]);
+        split(s[kk][1], ahi[2], alo[2]);
+        split(s[kk][3], ahi[3], alo[3]);
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          uint32_t bhi[4][2], blo[4][2];
+#pragma unroll
+          for (int n = 0; n < 4; ++n) {
+            uint32_t r[4];
+            ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
+            bhi[n][0] = r[0];
+            bhi[n][1] = r[1];
+            blo[n][0] = r[2];
+            blo[n][1] = r[3];
+          }
+          mma_tf32x3<4>(part[half], ahi, alo, bhi, blo);
+        }
+      }
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[half][n][e];
+      return;
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float part[4][4];
@@ -295,13 +340,15 @@ struct Tf32x3SplitEngineT : Tf32x3Engine {
 // LINATTN_CUDA_FP32_EARLYMASK=0 selects v4's schedule.
 using Tf32x3SplitEngine = Tf32x3SplitEngineT<false>;
 
-template <bool LOTRUNC>
-struct Tf32x3SplitEarlyEngineT : Tf32x3SplitEngineT<LOTRUNC> {
+template <bool LOTRUNC, bool PONCE = false>
+struct Tf32x3SplitEarlyEngineT : Tf32x3SplitEngineT<LOTRUNC, PONCE> {
   static constexpr bool EARLYMASK = true;
 };
 using Tf32x3SplitEarlyEngine = Tf32x3SplitEarlyEngineT<false>;
 // v5 schedule with unrounded lo parts (mma.cuh, split_tf32_trunc): the v5 default for DA <= 64
 using Tf32x3SplitEarlyTruncEngine = Tf32x3SplitEarlyEngineT<true>;
+// the same with each P fragment split once (PONCE, v6; LINATTN_CUDA_FP32_PONCE=1)
+using Tf32x3SplitEarlyTruncOnceEngine = Tf32x3SplitEarlyEngineT<true, true>;
 
 // float32 with IEEE fmaf on the CUDA cores, in the tensor-core engines' register layout (the
 // kernel and its tiles are the same; only the two products differ). For short contractions

@@ -145,6 +145,13 @@ inline bool fp32_use_earlymask() {
 // Hopper model the errors are those of rounded lo parts to within +-10 %, in the bands as
 // much: the tensor core's own truncations dominate). LINATTN_CUDA_FP32_LOTRUNC=0 rounds lo
 // (cvt.rna, bitwise v4).
+// v6: P split once per tile in the accumulation (Tf32x3SplitEngineT's PONCE; bitwise v5).
+// LINATTN_CUDA_FP32_PONCE=1 selects it (off until timed on a GPU).
+inline bool fp32_use_ponce() {
+  const char* env = std::getenv("LINATTN_CUDA_FP32_PONCE");
+  return env != nullptr && env[0] == '1';
+}
+
 inline bool fp32_use_lotrunc() {
   const char* env = std::getenv("LINATTN_CUDA_FP32_LOTRUNC");
   return env == nullptr || env[0] != '0';
@@ -156,8 +163,9 @@ const char* launch_product_float32(const ProductArgs& p, cudaStream_t stream) {
   if (fp32_use_ffma(p)) return launch_product_t<Fp32FmaEngine>(p, stream);
   if (fp32_use_presplit(p)) {
     if (!fp32_use_earlymask()) return launch_product_t<Tf32x3SplitEngine>(p, stream);
-    return fp32_use_lotrunc() ? launch_product_t<Tf32x3SplitEarlyTruncEngine>(p, stream)
-                              : launch_product_t<Tf32x3SplitEarlyEngine>(p, stream);
+    if (!fp32_use_lotrunc()) return launch_product_t<Tf32x3SplitEarlyEngine>(p, stream);
+    return fp32_use_ponce() ? launch_product_t<Tf32x3SplitEarlyTruncOnceEngine>(p, stream)
+                            : launch_product_t<Tf32x3SplitEarlyTruncEngine>(p, stream);
   }
   return launch_product_t<Tf32x3Engine>(p, stream);
 }
