@@ -52,6 +52,7 @@ run_one() {  # run_one STAGE: the stage's limit comes from LIMIT_<stage> when se
     bench)   stage bench "${LIMIT_bench:-180}" python3 gpu/bench.py ;;
     fuzz)    stage fuzz "${LIMIT_fuzz:-150}" python3 gpu/fuzz_gpu.py ;;
     seedprof) stage seedprof "${LIMIT_seedprof:-100}" python3 gpu/profile_seed.py ;;
+    chunkfinal) stage chunkfinal "${LIMIT_chunkfinal:-300}" python3 gpu/chunk_final.py ;;
     fuseab)  stage fuseab "${LIMIT_fuseab:-240}" python3 gpu/chunk_fuse_ab.py ;;
     faultgrid) stage faultgrid "${LIMIT_faultgrid:-200}" python3 gpu/chunk_fault_grid.py ;;
     harnessfuse) stage harnessfuse "${LIMIT_harnessfuse:-150}" env LINATTN_CHUNK=bwd_fuse=1 OUT="$OUT/fuse" \
