@@ -1,6 +1,7 @@
 """The chunk backward's GPU-only faults (issue 5) across variants: one process per check.
 
     python3 gpu/chunk_fault_grid.py            # parent: every (variant, problem, property), 8 at a time
+    GRID_VARIANTS="+bwd_stages=2" python3 gpu/chunk_fault_grid.py   # variants joined by "+"
     python3 gpu/chunk_fault_grid.py --child V I PROP
 
 Run 16 (an earlier version of this grid, one child per variant) showed that a fault poisons
@@ -23,8 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("LINATTN_TRITON_AUTOTUNE", "0")
 
-VARIANTS = ["", "bwd_warps=4", "|LINATTN_TRITON_F16_RANGE=0", "bwd_warps=4|LINATTN_TRITON_F16_RANGE=0",
-            "bwd_stages=1", "bwd_fuse=1", "bwd_warps=8"]
+VARIANTS = [x for x in os.environ.get("GRID_VARIANTS", "+bwd_stages=2,fwd_stages=2,state_stages=2").split("+")]
 
 
 def problems():
@@ -47,6 +47,11 @@ def problems():
         (d3, "backward"),
         (d3.replace(dtype="bfloat16"), "batch_invariance"),
         (d3.replace(D=16, seed=4), "backward"),
+        (Problem(B=1, H=2, Hkv=1, N=257, M=257, D=3, E=63, dtype='float16', device='cuda', mask_kind='decay',
+                 mask_shape='NM', mask_values='real', slopes='zero', scale=0.125, initial_state=False,
+                 final_state=True, grads=('q', 'k', 'v', 'slopes'), cu_seqlens=(0, 142, 257), seed=49495136),
+         "causality"),
+        (d3.replace(D=65, E=17, N=300, M=300, dtype="bfloat16", mask_kind="decay", seed=6), "backward"),
     ]
 
 

@@ -21,7 +21,10 @@ def bench(fn, grad_to_none=None):
     return triton.testing.do_bench(fn, warmup=10, rep=60, grad_to_none=grad_to_none, return_mode="median")
 
 
+ONLY = [x for x in os.environ.get("CHUNK_FINAL_ONLY", "").split(",") if x]  # shape names, e.g. B1-H16-N32768-D128
 for name, B, H, N, D in SHAPES[: int(os.environ.get("CHUNK_FINAL_SHAPES", "4"))]:
+    if ONLY and name not in ONLY:
+        continue
     q, k, v, do, s = tc.inputs(B, H, N, D)
     fwd, fwdbwd, xs = tc.ours_calls(q, k, v, do, s)
     fwdbwd()

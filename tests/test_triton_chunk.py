@@ -517,8 +517,9 @@ def test_fused_backward_matches_two_launches(kind):
 
 def test_run16_small_head_regression():
     """triton/batch_invariance/float16 (GPU run 16): dq and dk ~1 relative error at D = 3,
-    E = 128 (16-channel slices, 4 warps, 2 stages: a Triton 3.6 miscompile on sm_90; bfloat16
-    too). The backward now runs 8 warps for head dims that are not multiples of 16."""
+    E = 128 (16-channel slices, 2 stages: Triton 3.6's pipelined loads of 2-byte aligned rows
+    on sm_90; bfloat16 too; run 18: E = 63 with packed sequences). 16-bit inputs with an odd
+    head dim now run every chunk kernel at one stage (``chunk._unaligned_rows``)."""
     p = Problem(B=2, H=6, Hkv=2, N=65, M=65, D=3, E=128, dtype="float16", device=DEVICE, mask_kind="causal",
                 mask_shape="NM", mask_values="real", slopes="large", scale=0.5, initial_state=False,
                 final_state=False, grads=("q", "k", "v"), cu_seqlens=None, seed=1755817294)
@@ -526,6 +527,25 @@ def test_run16_small_head_regression():
         for prop in ("backward", "batch_invariance"):
             res = run_property(prop, "triton", p.replace(dtype=dtype))
             assert res.ok, res.message()
+    p18 = Problem(B=1, H=2, Hkv=1, N=257, M=257, D=3, E=63, dtype="float16", device=DEVICE, mask_kind="decay",
+                  mask_shape="NM", mask_values="real", slopes="zero", scale=0.125, initial_state=False,
+                  final_state=True, grads=("q", "k", "v", "slopes"), cu_seqlens=(0, 142, 257), seed=49495136)
+    res = run_property("causality", "triton", p18)
+    assert res.ok, res.message()
+
+
+def test_unaligned_rows_run_unpipelined():
+    """16-bit with an odd head dim: one stage in every chunk kernel; aligned rows keep theirs."""
+    from linattn.backends.triton import chunk as chunk_mod
+
+    cfg = ChunkConfig()
+    assert chunk_mod._unaligned_rows(torch.float16, 3, 64) and chunk_mod._unaligned_rows(torch.bfloat16, 64, 63)
+    assert not chunk_mod._unaligned_rows(torch.float16, 48, 60) and not chunk_mod._unaligned_rows(torch.float32, 3, 63)
+    limit = 232448
+    assert chunk_mod._bwd_tiles(17, 60, torch.float16, True, cfg, limit)[6] == 1
+    assert chunk_mod._bwd_tiles(64, 64, torch.float16, True, cfg, limit)[6] == 2
+    assert chunk_mod._fwd_tiles(65, 17, torch.bfloat16, 64, cfg, limit)[3] == 1
+    assert chunk_mod._fwd_tiles(128, 128, torch.bfloat16, 64, cfg, limit)[3] > 1
 
 
 def test_run10_bfloat16_causality_regression():
@@ -573,8 +593,9 @@ def test_run10_float64_wide_heads_plan_fits_shared_memory(monkeypatch):
         assert chunk._bwd_tiles(D, D, torch.bfloat16, False, cfg, lim)[6] == 2
         assert chunk._bwd_tiles(D, D, torch.bfloat16, True, cfg, lim)[6] == 2
     assert chunk._fwd_tiles(128, 128, torch.bfloat16, 64, cfg, lim)[4]  # the peeled loop is the default at BV 64
-    # odd E runs 64-channel slices (run 10's bf16 causality failure had BV 32 at D = 65, E = 17)
-    assert chunk._fwd_tiles(65, 17, torch.bfloat16, 64, cfg, lim)[1:] == (64, 4, 4, True)
+    # odd E runs 64-channel slices (run 10's bf16 causality failure had BV 32 at D = 65, E = 17),
+    # unpipelined: 16-bit rows 2-byte aligned (chunk._unaligned_rows)
+    assert chunk._fwd_tiles(65, 17, torch.bfloat16, 64, cfg, lim)[1:] == (64, 4, 1, True)
     # D > 128: 32-channel slices keep v3's loop at <= 2 stages
     assert chunk._fwd_tiles(256, 256, torch.bfloat16, 64, cfg, lim)[1:] == (32, 4, 2, False)
 

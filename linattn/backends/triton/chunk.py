@@ -380,7 +380,9 @@ def _boundary_states(x, y, slopes, h0, plan: _Plan, cu_seqlens, *, HS: int, xdiv
         x, y, slopes, hs, plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS,
         HS=HS, XDIV=xdiv, DX=DX, DY=DY, BT=plan.BT, BK=BK, BV=BV,
         DECAY=decay, REVERSE=reverse, IS_VARLEN=varlen, SKIP_UNUSED=causal,
-        num_warps=cfg.state_warps or 4, num_stages=cfg.state_stages or _STATE_STAGES, **_dot_flags(x.dtype),
+        num_warps=cfg.state_warps or 4,
+        num_stages=cfg.state_stages or (1 if _unaligned_rows(x.dtype, DX, DY) else _STATE_STAGES),
+        **_dot_flags(x.dtype),
     )
     ht = None if causal else torch.empty(plan.n_seq, HS, DX, DY, device=x.device, dtype=sdt)
     chunk_scan_kernel[(plan.n_seq * HS * NK * NV,)](
@@ -409,8 +411,12 @@ def _fwd_tiles(D: int, E: int, dtype: torch.dtype, BT: int, cfg: ChunkConfig, li
     BV = cfg.fwd_bv or (64 if BK <= 128 else 32)
     warps = cfg.fwd_warps or (4 if BK * BV <= 128 * 64 else 8)
     peel = cfg.fwd_peel > 0 or (cfg.fwd_peel == 0 and BV >= 64)
-    stages = cfg.fwd_stages or _fitting_stages(lambda st: _smem_fwd(dtype, BT, BK, BV, st), limit,
-                                               4 if peel else 2)
+    if cfg.fwd_stages:
+        stages = cfg.fwd_stages
+    elif _unaligned_rows(dtype, D, E):
+        stages = 1
+    else:
+        stages = _fitting_stages(lambda st: _smem_fwd(dtype, BT, BK, BV, st), limit, 4 if peel else 2)
     return BK, BV, warps, stages, peel
 
 
@@ -483,15 +489,7 @@ def _forward_with(cfg: ChunkConfig, q, k, v, slopes, h0, cu_seqlens, causal: boo
 def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkConfig, limit: int):
     """(BT, BK, BV, BKf, BE, warps, stages) of the backward kernels.
 
-    Warps: 8 for 16-bit inputs with the slopes' gradient (the FINE kernels) or with a head
-    dim that is not a multiple of 16. At 4 warps and 2 stages Triton 3.6 miscompiles these
-    backward kernels on sm_90: GPU runs 10-17 found an illegal shared-memory access
-    (compute-sanitizer), then wrong dslopes / dk or an illegal address, for float16 and
-    bfloat16 with the slopes' gradient at N = 7 and 40, D = 17 (32-channel slices), and
-    without it at D = 3, E = 128 (16-channel slices); the interpreter gets them right. In run
-    17's grid (gpu/chunk_fault_grid.py, one process per check) 8 warps or one stage fixes
-    every one; 8 warps keeps the pipelining. D = 16 / 32 / 48 with E = 60 / 64 / 128 passed
-    at 4 warps, and the tuned shapes (D = E = 64, 128) keep them.
+    Stages: 1 where rows are not 4-byte aligned (``_unaligned_rows``), else 2 where they fit.
 
     BT: the forward's chunk, halved while the backward launches cannot fit shared memory
     at one stage (float64 with wide heads: D = E = 256 runs 32-token chunks). Stages: 2
@@ -506,9 +504,7 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
     else:
         BK = cfg.bwd_bk or min(BKf, 64 if BE <= 128 and not slope_grad else 32)
         BV = cfg.bwd_bv or min(BE, 64 if BKf <= 128 else 32)
-    half = dtype in (torch.float16, torch.bfloat16)
-    odd = half and (slope_grad or D % 16 != 0 or E % 16 != 0)
-    warps = cfg.bwd_warps or (8 if odd else 4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
+    warps = cfg.bwd_warps or (4 if max(BK * BE, BKf * BV) <= 128 * 64 else 8)
     el = torch.empty((), dtype=dtype).element_size()
     if cfg.bwd_chunk:
         BT = _chunk_size(replace(cfg, chunk=cfg.bwd_chunk))
@@ -516,19 +512,40 @@ def _bwd_tiles(D: int, E: int, dtype: torch.dtype, slope_grad: bool, cfg: ChunkC
         BT = _chunk_size(cfg)
         while not cfg.chunk and BT > 16 and _smem_bwd(el, BT, BK, BKf, BE, BV, 1) > limit:
             BT //= 2
-    stages = cfg.bwd_stages or _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 2)
+    stages = cfg.bwd_stages or (1 if _unaligned_rows(dtype, D, E) else
+                                _fitting_stages(lambda st: _smem_bwd(el, BT, BK, BKf, BE, BV, st), limit, 2))
     return BT, BK, BV, BKf, BE, warps, stages
 
 
-def _dkv_stages(cfg: ChunkConfig, BK: int, BE: int, BKf: int, BV: int, stages: int) -> int:
-    """Stages of the dk/dv launch: one where its tiles are large (D = E = 128: BK·BE = 64·128),
-    else the dq launch's. On an H200 (GPU run 17, bf16 decay B4·H16·N8192·D128, nine backward
-    variants timed in one process) dk/dv at 1 stage made fwd+bwd 1.062 ms against 1.099 at 2:
-    that launch spills at 4 warps, and a second stage's buffers only add to it; dq at 1 stage
-    as well was slower (1.122)."""
+def _unaligned_rows(dtype: torch.dtype, D: int, E: int) -> bool:
+    """Whether rows of q/k (D) or v/o (E) are not 4-byte aligned (16-bit with an odd head dim).
+
+    Triton 3.6 pipelines the chunk loops' loads on sm_90 with asynchronous copies, which move
+    4, 8 or 16 bytes; with rows 2-byte aligned it produces wrong results or illegal addresses.
+    Every GPU-only failure of these kernels had an odd head dim in a 16-bit dtype, and the
+    interpreter got each one right: bf16 D = 65 / E = 17 (forward, run 10), float16 and
+    bfloat16 D = 17 with the slopes' gradient (backward, runs 10-17, an out-of-bounds shared
+    read under compute-sanitizer, then dslopes 64x its band or dk 900x), D = 3 with E = 128
+    and E = 63 (backward, runs 16 and 18, dq ~1 relative error). D = 16, 32, 48 with E = 60,
+    64, 128 always passed. In run 17's grid (gpu/chunk_fault_grid.py, one process per check)
+    one stage fixed every failing problem (8 warps fixed some, not run 18's). So these loops
+    run unpipelined: 1 stage, in every chunk kernel; float32 rows are always 4-byte aligned.
+    """
+    el = torch.empty((), dtype=dtype).element_size()
+    return (D * el) % 4 != 0 or (E * el) % 4 != 0
+
+
+def _dkv_stages(cfg: ChunkConfig, BK: int, BE: int, BKf: int, BV: int, stages: int, single: bool) -> int:
+    """Stages of the dk/dv launch: one where its tiles are large (D = E = 128: BK·BE = 64·128)
+    and each program walks a whole sequence (``single``: no splits), else the dq launch's.
+    On an H200 (GPU run 17, bf16 decay B4·H16·N8192·D128, nine backward variants timed in one
+    process) dk/dv at 1 stage made fwd+bwd 1.062 ms against 1.099 at 2: that launch spills
+    at 4 warps, and a second stage's buffers only add to it; dq at 1 stage as well was slower
+    (1.122). With splits (short walks: B1·H16·N32768, 1024-token splits) 1 stage was slower:
+    1.528 ms in run 18 against run 14's 1.398 at 2 (fla 2.222 and 2.216 in those runs)."""
     if cfg.bwd_dkv_stages:
         return cfg.bwd_dkv_stages
-    return 1 if max(BK * BE, BKf * BV) >= 64 * 128 and not cfg.bwd_stages else stages
+    return 1 if single and max(BK * BE, BKf * BV) >= 64 * 128 and not cfg.bwd_stages else stages
 
 
 def _backward(do, dht, q, k, v, slopes, h0, cu_seqlens, causal: bool, scale: float,
@@ -635,7 +652,7 @@ def _bwd_two_launches(cfg, common_kw, runtime, plan, H, NK, NV, hdiv, BK, BE, BK
         SLOPE_GRAD=slope_grad, FINE=fine, **common_kw,
     )
     dkv_kw = dict(common_kw, num_warps=cfg.bwd_dkv_warps or common_kw["num_warps"],
-                  num_stages=_dkv_stages(cfg, BK, BE, BKf, BV, common_kw["num_stages"]))
+                  num_stages=_dkv_stages(cfg, BK, BE, BKf, BV, common_kw["num_stages"], plan.single))
     chunk_bwd_kernel_dkv[(plan.TS * H * (NK + NV),)](
         q, k, v, do, dk, dv, slopes, dh_end, dh0, *runtime,
         BK=BK, BE=BE, BKF=BKf, BV=BV, USE_DH=dh_end is not None, STORE_DH0=dh0 is not None, **dkv_kw,
