@@ -292,38 +292,38 @@ struct Tf32x3SplitEngineT : Tf32x3Engine {
         for (int n = 0; n < 4; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[half][n][e];
-      return;
-    }
+    } else {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      float part[4][4];
+      for (int half = 0; half < 2; ++half) {
+        float part[4][4];
 #pragma unroll
-      for (int n = 0; n < 4; ++n)
+        for (int n = 0; n < 4; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+          for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < NJ; ++kk) {
-        uint32_t ahi[4], alo[4];
-        split(s[kk][0], ahi[0], alo[0]);
-        split(s[kk][2], ahi[1], alo[1]);
-        split(s[kk][1], ahi[2], alo[2]);
-        split(s[kk][3], ahi[3], alo[3]);
-        uint32_t bhi[4][2], blo[4][2];
+        for (int kk = 0; kk < NJ; ++kk) {
+          uint32_t ahi[4], alo[4];
+          split(s[kk][0], ahi[0], alo[0]);
+          split(s[kk][2], ahi[1], alo[1]);
+          split(s[kk][1], ahi[2], alo[2]);
+          split(s[kk][3], ahi[3], alo[3]);
+          uint32_t bhi[4][2], blo[4][2];
 #pragma unroll
-        for (int n = 0; n < 4; ++n) {
-          uint32_t r[4];
-          ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
-          bhi[n][0] = r[0];
-          bhi[n][1] = r[1];
-          blo[n][0] = r[2];
-          blo[n][1] = r[3];
+          for (int n = 0; n < 4; ++n) {
+            uint32_t r[4];
+            ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
+            bhi[n][0] = r[0];
+            bhi[n][1] = r[1];
+            blo[n][0] = r[2];
+            blo[n][1] = r[3];
+          }
+          mma_tf32x3<4>(part, ahi, alo, bhi, blo);
         }
-        mma_tf32x3<4>(part, ahi, alo, bhi, blo);
+#pragma unroll
+        for (int n = 0; n < 4; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
       }
-#pragma unroll
-      for (int n = 0; n < 4; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
     }
   }
 };
