@@ -619,7 +619,7 @@ def _backward_with(cfg: ChunkConfig, do, dht, q, k, v, slopes, h0, cu_seqlens, c
                      **_dot_flags(q.dtype))
     runtime = (plan.split_index, cu_seqlens, scale, N, plan.NCS, plan.NS)
     fine = slope_grad and q.dtype in (torch.float16, torch.bfloat16)
-    if _fuse_bwd(cfg, q.dtype):
+    if cfg.bwd_fuse > 0:
         chunk_bwd_kernel_fused[(plan.TS * H * (2 * NK + NV),)](
             q, k, v, do, dq, dk, dv, slopes, h_init, dh_end, dh0, ds_part, *runtime,
             HDIV=hdiv, BK=BK, BE=BE, BKF=BKf, BV=BV, USE_INIT=h_init is not None, USE_DH=dh_end is not None,
@@ -633,13 +633,6 @@ def _backward_with(cfg: ChunkConfig, do, dht, q, k, v, slopes, h0, cu_seqlens, c
         dv = dv.view(B, Hkv, G, N, E).sum(2).to(q.dtype)
     ds = ds_part.view(plan.TS, H, NK).sum((0, 2)) if slope_grad else None
     return dq, dk, dv, ds, dh0
-
-
-def _fuse_bwd(cfg: ChunkConfig, dtype: torch.dtype) -> bool:
-    """Whether the backward runs as one launch (see ``ChunkConfig.bwd_fuse``)."""
-    if cfg.bwd_fuse:
-        return cfg.bwd_fuse > 0
-    return False
 
 
 def _bwd_two_launches(cfg, common_kw, runtime, plan, H, NK, NV, hdiv, BK, BE, BKf, BV, fine, slope_grad,

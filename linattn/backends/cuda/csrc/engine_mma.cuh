@@ -253,78 +253,77 @@ struct Tf32x3SplitEngineT : Tf32x3Engine {
     }
   }
 
-  // o[n] += P C as Tf32x3Engine::accumulate, C fragments from Cx.
+  // P's A fragment for contracted columns 8kk..8kk+7 (s[kk]), split into hi/lo
+  static __device__ __forceinline__ void split_p(const float (&sk)[4], uint32_t (&ahi)[4], uint32_t (&alo)[4]) {
+    split(sk[0], ahi[0], alo[0]);
+    split(sk[2], ahi[1], alo[1]);
+    split(sk[1], ahi[2], alo[2]);
+    split(sk[3], ahi[3], alo[3]);
+  }
+
+  // the pre-split C fragments of columns 8kk.. for output channel groups 4·half .. 4·half + 3
+  static __device__ __forceinline__ void load_c(const uint32_t* Cx, int kk, int half, int lane, uint32_t (&bhi)[4][2],
+                                                uint32_t (&blo)[4][2]) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n) {
+      uint32_t r[4];
+      ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
+      bhi[n][0] = r[0];
+      bhi[n][1] = r[1];
+      blo[n][0] = r[2];
+      blo[n][1] = r[3];
+    }
+  }
+
+  // o[n] += P C as Tf32x3Engine::accumulate, C fragments from Cx. v5: halves outer, so each P
+  // fragment is split once per half; PONCE: P columns outer, split once (bitwise the same).
   static __device__ __forceinline__ void accumulate_x(float (&o)[8][4], const float (&s)[NJ][4], const uint32_t* Cx) {
     const int lane = threadIdx.x & 31;
+    uint32_t ahi[4], alo[4], bhi[4][2], blo[4][2];
     if constexpr (PONCE) {
       float part[2][4][4];
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[h][n][e] = 0.f;
+      for (int h = 0; h < 2; ++h) zero_part(part[h]);
 #pragma unroll
       for (int kk = 0; kk < NJ; ++kk) {
-        uint32_t ahi[4], alo[4];
-        split(s[kk][0], ahi[0], alo[0]);
-        split(s[kk][2], ahi[1], alo[1]);
-        split(s[kk][1], ahi[2], alo[2]);
-        split(s[kk][3], ahi[3], alo[3]);
+        split_p(s[kk], ahi, alo);
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          uint32_t bhi[4][2], blo[4][2];
-#pragma unroll
-          for (int n = 0; n < 4; ++n) {
-            uint32_t r[4];
-            ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
-            bhi[n][0] = r[0];
-            bhi[n][1] = r[1];
-            blo[n][0] = r[2];
-            blo[n][1] = r[3];
-          }
+          load_c(Cx, kk, half, lane, bhi, blo);
           mma_tf32x3<4>(part[half], ahi, alo, bhi, blo);
         }
       }
 #pragma unroll
-      for (int half = 0; half < 2; ++half)
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[half][n][e];
+      for (int half = 0; half < 2; ++half) add_part(o, part[half], half);
     } else {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         float part[4][4];
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+        zero_part(part);
 #pragma unroll
         for (int kk = 0; kk < NJ; ++kk) {
-          uint32_t ahi[4], alo[4];
-          split(s[kk][0], ahi[0], alo[0]);
-          split(s[kk][2], ahi[1], alo[1]);
-          split(s[kk][1], ahi[2], alo[2]);
-          split(s[kk][3], ahi[3], alo[3]);
-          uint32_t bhi[4][2], blo[4][2];
-#pragma unroll
-          for (int n = 0; n < 4; ++n) {
-            uint32_t r[4];
-            ld_u32x4(r, Cx + 4 * ((kk * 8 + 4 * half + n) * 32 + lane));
-            bhi[n][0] = r[0];
-            bhi[n][1] = r[1];
-            blo[n][0] = r[2];
-            blo[n][1] = r[3];
-          }
+          split_p(s[kk], ahi, alo);
+          load_c(Cx, kk, half, lane, bhi, blo);
           mma_tf32x3<4>(part, ahi, alo, bhi, blo);
         }
-#pragma unroll
-        for (int n = 0; n < 4; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
+        add_part(o, part, half);
       }
     }
+  }
+
+  static __device__ __forceinline__ void zero_part(float (&part)[4][4]) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) part[n][e] = 0.f;
+  }
+
+  // a tile's partial sums into o once (short chains: engine_mma.cuh, Tf32x3Engine)
+  static __device__ __forceinline__ void add_part(float (&o)[8][4], const float (&part)[4][4], int half) {
+#pragma unroll
+    for (int n = 0; n < 4; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[4 * half + n][e] += part[n][e];
   }
 };
 
