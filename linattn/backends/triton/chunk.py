@@ -531,8 +531,7 @@ def _unaligned_rows(dtype: torch.dtype, D: int, E: int) -> bool:
     one stage fixed every failing problem (8 warps fixed some, not run 18's). So these loops
     run unpipelined: 1 stage, in every chunk kernel; float32 rows are always 4-byte aligned.
     """
-    el = torch.empty((), dtype=dtype).element_size()
-    return (D * el) % 4 != 0 or (E * el) % 4 != 0
+    return (D * dtype.itemsize) % 4 != 0 or (E * dtype.itemsize) % 4 != 0
 
 
 def _dkv_stages(cfg: ChunkConfig, BK: int, BE: int, BKf: int, BV: int, stages: int, single: bool) -> int:
