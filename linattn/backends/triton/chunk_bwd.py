@@ -24,6 +24,8 @@ three kernels, each carrying its state slice in registers from chunk to chunk:
 * ``chunk_bwd_kernel_dkv``, dv programs: channels [BV] of E, hold G [D, BV], walk backward.
 
 dk and dv share one launch (and their reads of q and do, through L2); dq runs apart.
+``chunk_bwd_kernel_fused`` runs all three kinds of program in one launch (``bwd_fuse=1``:
+measured no faster, so opt-in; chunk.py's ChunkConfig).
 
 As in the forward, a sequence may be cut into splits that run in parallel, each starting
 from a boundary state found by ``chunk_state_kernel`` + ``chunk_scan_kernel`` (S at the
