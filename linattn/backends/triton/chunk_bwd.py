@@ -73,22 +73,7 @@ if HAVE_TRITON:
     from .chunk_fwd import (
         chunk_span, intra_decay, key_decay, locate, pow_decay, query_decay, zeros_acc,
     )
-    from .common import dot, dot_state, f16_range, to_operand
-
-    @triton.jit
-    def dot_fine(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FINE: tl.constexpr):
-        """a @ b for a 16-bit ``a`` and a float32 ``b`` rounded to ``like``'s dtype; FINE
-        splits b = b_hi + b_lo into two 16-bit operands (two products, ~twice the mantissa).
-        In float16, b is first scaled into range by a power of two (``f16_range``)."""
-        if like.dtype == tl.float16:
-            b, p = f16_range(b)
-        b_hi = to_operand(b, like, UPCAST)
-        b_r = dot(a, b_hi, PRECISION, UPCAST)
-        if FINE:
-            b_r += dot(a, to_operand(b - b_hi.to(b.dtype), like, UPCAST), PRECISION, UPCAST)
-        if like.dtype == tl.float16:
-            b_r = b_r * p
-        return b_r
+    from .common import dot, dot_state, to_operand
 
     @triton.jit
     def bwd_dq_program(
@@ -146,7 +131,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: do Sᵀ
-            b_dqi = dot_fine(b_do, tl.trans(b_h), b_do, PRECISION, UPCAST, FINE)  # [BT, BK]
+            b_dqi = dot_state(b_do, tl.trans(b_h), b_do, PRECISION, UPCAST, FINE)  # [BT, BK]
             b_dq = b_dqi
             if CAUSAL:
                 b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -162,7 +147,7 @@ if HAVE_TRITON:
                 if SLOPE_GRAD:
                     b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                     b_A = dot(b_q, tl.trans(b_k), PRECISION, UPCAST)  # [BT, BT] this slice's share of q kᵀ
-                    b_dqt = dot_fine(b_do, tl.trans(b_tan), b_do, PRECISION, UPCAST, FINE)  # [BT, BK] do Ṫᵀ
+                    b_dqt = dot_state(b_do, tl.trans(b_tan), b_do, PRECISION, UPCAST, FINE)  # [BT, BK] do Ṫᵀ
                     b_qf = b_q.to(b_dqi.dtype)
                     b_row = (
                         -tl.sum(b_dist * b_dP * b_A, axis=1)
@@ -172,11 +157,11 @@ if HAVE_TRITON:
                     b_ds += b_row[None, :]
                     # Ṫ ← λ^L (Ṫ - L·S) - kᵀ((L-1-b) λ^(L-1-b) ⊙ v)
                     b_vx = b_v * ((L - 1 - o_a) * b_wk)[:, None]  # [BT, BE]
-                    b_tan = (b_tan - L * b_h) * b_lam - dot_fine(tl.trans(b_k), b_vx, b_v, PRECISION, UPCAST, FINE)
+                    b_tan = (b_tan - L * b_h) * b_lam - dot_state(tl.trans(b_k), b_vx, b_v, PRECISION, UPCAST, FINE)
                 # -- S ← λ^L S + kᵀ (λ^(L-1-b) ⊙ v)
                 if DECAY:
                     b_h = b_h * b_lam
-                    b_h += dot_fine(tl.trans(b_k), b_v * b_wk[:, None], b_v, PRECISION, UPCAST, FINE)
+                    b_h += dot_state(tl.trans(b_k), b_v * b_wk[:, None], b_v, PRECISION, UPCAST, FINE)
                 else:
                     b_h += dot(tl.trans(b_k), b_v, PRECISION, UPCAST)
             p_dq = dq + (i_q + o_t[:, None]) * D + o_k[None, :]
@@ -238,7 +223,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_v = tl.load(v + (i_kv + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
             # -- inter-chunk: v Gᵀ, weighted by how much of each key reaches the state
-            b_dk = dot_state(b_v, tl.trans(b_g), b_v, PRECISION, UPCAST)  # [BT, BK]
+            b_dk = dot_state(b_v, tl.trans(b_g), b_v, PRECISION, UPCAST, False)  # [BT, BK]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_e[None, :], mask=m_t[:, None] & m_e[None, :], other=0.0)
@@ -309,7 +294,7 @@ if HAVE_TRITON:
             m_t = o_t < T
             b_k = tl.load(k + (i_kv + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
             # -- inter-chunk: k G, weighted by how much of each key reaches the state
-            b_dv = dot_state(b_k, b_g, b_k, PRECISION, UPCAST)  # [BT, BV]
+            b_dv = dot_state(b_k, b_g, b_k, PRECISION, UPCAST, False)  # [BT, BV]
             if CAUSAL:
                 b_q = tl.load(q + (i_q + o_t[:, None]) * D + o_d[None, :], mask=m_t[:, None] & m_d[None, :], other=0.0)
                 b_do = tl.load(do + (i_q + o_t[:, None]) * E + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0.0)

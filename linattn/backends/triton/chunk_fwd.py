@@ -277,7 +277,7 @@ if HAVE_TRITON:
         p_q = q + (i_q + o_t[:, None]) * D + o_d[None, :]
         b_q = tl.load(p_q, mask=m_qk, other=0.0)  # [BT, BK]
         # -- inter-chunk: what the previous chunks left in S
-        b_o = dot_state(b_q, b_h, b_q, PRECISION, UPCAST)  # [BT, BV]
+        b_o = dot_state(b_q, b_h, b_q, PRECISION, UPCAST, False)  # [BT, BV]
         if CAUSAL:
             p_k = k + (i_kv + o_t[:, None]) * D + o_d[None, :]
             p_v = v + (i_kv + o_t[:, None]) * E + o_e[None, :]

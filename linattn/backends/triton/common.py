@@ -203,15 +203,21 @@ if HAVE_TRITON:
         return x * inv, p
 
     @triton.jit
-    def dot_state(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-        """``a @ b`` for a float32 state tile ``b`` rounded to ``like``'s dtype; in float16
-        the state is first scaled into range by a power of two (``f16_range``), which is
-        exact and a no-op unless an entry passes 2^14."""
+    def dot_state(a, b, like, PRECISION: tl.constexpr, UPCAST: tl.constexpr, FINE: tl.constexpr):
+        """``a @ b`` for a float32 tile ``b`` (a state, or a weighted operand the chunk
+        kernels sum into one) rounded to ``like``'s dtype. In float16, b is first scaled into
+        range by a power of two (``f16_range``): exact, and a no-op unless an entry passes
+        2^14. FINE splits b = b_hi + b_lo into two 16-bit operands (two products, ~twice the
+        mantissa; chunk_bwd.py's dq kernel with the slopes' gradient)."""
         if like.dtype == tl.float16:
-            b_s, p = f16_range(b)
-            return dot(a, to_operand(b_s, like, UPCAST), PRECISION, UPCAST) * p
-        else:
-            return dot(a, to_operand(b, like, UPCAST), PRECISION, UPCAST)
+            b, p = f16_range(b)
+        b_hi = to_operand(b, like, UPCAST)
+        r = dot(a, b_hi, PRECISION, UPCAST)
+        if FINE:
+            r += dot(a, to_operand(b - b_hi.to(b.dtype), like, UPCAST), PRECISION, UPCAST)
+        if like.dtype == tl.float16:
+            r = r * p
+        return r
 
     @triton.jit
     def to_operand(x, like, UPCAST: tl.constexpr):
