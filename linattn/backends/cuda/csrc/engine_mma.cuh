@@ -213,7 +213,11 @@ struct Tf32x3SplitEngineT : Tf32x3Engine {
   static __device__ __forceinline__ void score_span_x(float (&acc)[NJ][4], const float* a0, const uint32_t* Bx, int ld,
                                                       int k_lo, int k_hi) {
     const int lane = threadIdx.x & 31;
-    for (int k0 = k_lo; k0 < k_hi; k0 += 8) {
+    // a stretch is at most KS columns: a loop of compile-time length (v7; no loop counter)
+#pragma unroll
+    for (int ks = 0; ks < KS / 8; ++ks) {
+      const int k0 = k_lo + 8 * ks;
+      if (k0 >= k_hi) break;
       uint32_t ahi[4], alo[4], bhi[NJ][2], blo[NJ][2];
       split(a0[k0], ahi[0], alo[0]);
       split(a0[8 * ld + k0], ahi[1], alo[1]);

@@ -76,6 +76,45 @@ __device__ __forceinline__ void load_tile(T* dst, int ld, const T* src, int64_t 
   }
 }
 
+// load_tile for a tile whose extents are compile-time constants (v7): ROWS x COLS elements, of
+// which the first `cols` columns (a multiple of 16 bytes, <= COLS) are stored. With COLS / V
+// vectors a row dividing the block's NTH threads, thread x always copies the vectors of column
+// (x mod COLS / V) in rows x / (COLS / V) + i * (NTH V / COLS): no division, no loop-carried
+// index, one 64-bit multiply-add a vector. Same values in the same places as load_tile (the
+// strided / misaligned case is load_tile's own element loop).
+template <class T, int NTH, int ROWS, int COLS>
+__device__ __forceinline__ void load_tile_fixed(T* dst, int ld, const T* src, int64_t si, int64_t sj, int row0,
+                                                int nrows, int col0, int ncols, int cols = COLS) {
+  constexpr int V = 16 / (int)sizeof(T);
+  constexpr int CPR = COLS / V;  // vectors a row
+  static_assert(COLS % V == 0 && NTH % CPR == 0, "load_tile_fixed: a row's vectors must divide the threads");
+  constexpr int RPP = NTH / CPR;                    // rows a pass
+  constexpr int PASSES = (ROWS + RPP - 1) / RPP;
+  if (sj == 1 && si % V == 0 && col0 % V == 0 && aligned16(src)) {
+    const int c = (int)(threadIdx.x % CPR) * V, rf = (int)(threadIdx.x / CPR);
+    if (c >= cols) return;
+    const int gc = col0 + c;
+    const bool full = gc + V <= ncols, none = gc >= ncols;
+#pragma unroll
+    for (int i = 0; i < PASSES; ++i) {
+      const int r = rf + i * RPP;
+      if (ROWS % RPP != 0 && r >= ROWS) break;
+      const int gr = row0 + r;
+      T* d = dst + r * ld + c;
+      if (gr < nrows && full) {
+        cp_async16(d, src + gr * si + gc, true);
+      } else if (gr >= nrows || none) {
+        cp_async16(d, src, false);
+      } else {
+#pragma unroll
+        for (int u = 0; u < V; ++u) d[u] = gc + u < ncols ? src[gr * si + gc + u] : Num<T>::from_f(0.f);
+      }
+    }
+    return;
+  }
+  load_tile<T, NTH>(dst, ld, src, si, sj, row0, nrows, ROWS, col0, ncols, cols);
+}
+
 // The shared-memory layout of one block; the host sizes the launch with the same code.
 template <class Eng, int WARPS>
 struct ProductTiles {
@@ -150,21 +189,27 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
   const int nct = c_hi > c_lo ? (c_hi - c_lo + BC - 1) / BC : 0;
   const int n_it = nh * nct;
 
-  // cp.async the tiles of iteration `it` into buffer `buf`: b and c (what = 1), the mask tile
-  // (what = 2) or both (3), as one commit group
-  auto issue = [&](int it, int buf, int what = 3) {
-    const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
+  // cp.async the tiles of iteration (query head h, contracted tile at c0) into buffer `buf`: b
+  // and c (what = 1), the mask tile (what = 2) or both (3), as one commit group. The tiles of
+  // fixed extent go through load_tile_fixed (v7), b too where the engine bounds DA (pre-split).
+  auto issue = [&](int h, int c0, int buf, int what = 3) {
     const int64_t bc = (int64_t)b * bc_heads + (col ? h : h / G);  // head of b and c
     if (what & 1) {
-      load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, static_cast<const T*>(p.b) + bc * nC * p.da, p.da, 1, c0, nC, BC, 0,
-                        p.da, Kp);                                                    // [BNc, Kp]
-      load_tile<T, NTH>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec, p.ec, 1, c0, nC, BC,
-                        e0, p.ec, BE);                                                // [BNc, 64]
+      const T* bsrc = static_cast<const T*>(p.b) + bc * nC * p.da;
+      if constexpr (Eng::PRESPLIT) {
+        load_tile_fixed<T, NTH, BC, Eng::MAX_KP>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, 0, p.da, Kp);
+      } else {
+        load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, BC, 0, p.da, Kp);  // [BNc, Kp]
+      }
+      load_tile_fixed<T, NTH, BC, BE>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec,
+                                      p.ec, 1, c0, nC, e0, p.ec);                        // [BNc, 64]
     }
     if (p.mask && (what & 2)) {
       const T* mbh = static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh;
-      if (col) load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, BC, r0, p.m, BMr);
-      else load_tile<T, NTH>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, BMr, c0, p.m, BC);
+      if (col)
+        load_tile_fixed<T, NTH, BC, BMr>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, r0, p.m);
+      else
+        load_tile_fixed<T, NTH, BMr, BC>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, c0, p.m);
     }
     cp_async_commit();
   };
@@ -178,7 +223,7 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
   if (n_it > 0) {
     load_tile<T, NTH>(L.As, lda, static_cast<const T*>(p.a) + (int64_t)z * nR * p.da, p.da, 1, r0, nR, BMr, 0, p.da,
                       Kp);  // [BMr, Kp], committed with the first tiles
-    issue(0, 0);
+    issue(h_lo, c_lo, 0);
   }
   const T* Aw = L.As + warp * 16 * lda;
   const bool decay = p.slopes != nullptr;
@@ -187,10 +232,18 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
   // P c products, and the end-of-tile barrier goes (the next tile's first barrier orders the
   // next split after this tile's reads of the split tiles)
   const bool early = Eng::EARLYMASK && stages == 1;
-  for (int it = 0; it < n_it; ++it) {
+  // (h, c0) of this iteration and of the next, advanced without divisions (v7)
+  int h = h_lo, c0 = c_lo, h_nx = h_lo, c0_nx = c_lo;
+  for (int it = 0; it < n_it; ++it, h = h_nx, c0 = c0_nx) {
+    c0_nx = c0 + BC;
+    h_nx = h;
+    if (c0_nx >= c_hi) {
+      c0_nx = c_lo;
+      ++h_nx;
+    }
     const int cur = stages == 2 ? (it & 1) : 0;
     if (stages == 2 && it + 1 < n_it) {
-      issue(it + 1, cur ^ 1);  // that buffer was last read before the previous barrier
+      issue(h_nx, c0_nx, cur ^ 1);  // that buffer was last read before the previous barrier
       cp_async_wait<1>();
     } else {
       cp_async_wait<0>();
@@ -208,14 +261,13 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
       __syncthreads();
       // single buffer: raw b and c are consumed, so the next tile's b and c load during this
       // tile's products; its mask tile (still read below) follows later
-      if (stages == 1 && it + 1 < n_it) issue(it + 1, 0, 1);
+      if (stages == 1 && it + 1 < n_it) issue(h_nx, c0_nx, 0, 1);
       Eng::scores_x(s, Aw, L.Bx, lda, Kp);
     } else {
       Eng::scores(s, Aw, L.Bs + cur * L.bstep, lda, Kp);
     }
 
-    if (p.causal || p.mask) {  // P = S ⊙ W'
-      const int h = h_lo + it / nct, c0 = c_lo + (it % nct) * BC;
+    if (p.causal) {  // P = S ⊙ W': causal/decay factors from the indices, times the mask
       const float slope = decay ? p.slopes[h] : 0.f;
       const T* Ms = p.mask ? L.Ms + cur * L.mstep : nullptr;
 #pragma unroll
@@ -224,16 +276,33 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
         for (int e = 0; e < 4; ++e) {
           const int rl = warp * 16 + g + 8 * (e >> 1), cl = 8 * j + 2 * t + (e & 1);
           const int r = r0 + rl, c = c0 + cl;
-          float w = col ? causal_decay(c, r, p.causal, decay, slope) : causal_decay(r, c, p.causal, decay, slope);
+          float w = col ? causal_decay(c, r, true, decay, slope) : causal_decay(r, c, true, decay, slope);
           if (Ms) w *= Num<T>::to_f(col ? Ms[cl * L.ldm + rl] : Ms[rl * L.ldm + cl]);
           s[j][e] *= w;
         }
+    } else if (p.mask) {  // P = S ⊙ M (v7): the mask alone, at fixed offsets from the warp's row
+      const T* Ms = L.Ms + cur * L.mstep;
+      if (col) {  // tile [BNc][BMr + PADM]: element (rl, cl) at cl * ldm + rl
+        constexpr int LDM = BMr + Eng::PADM;
+        const T* m0 = Ms + (2 * t) * LDM + warp * 16 + g;
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] *= Num<T>::to_f(m0[(8 * j + (e & 1)) * LDM + 8 * (e >> 1)]);
+      } else {  // tile [BMr][BNc + PADM]: element (rl, cl) at rl * ldm + cl
+        constexpr int LDM = BC + Eng::PADM;
+        const T* m0 = Ms + (warp * 16 + g) * LDM + 2 * t;
+#pragma unroll
+        for (int j = 0; j < NJ; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[j][e] *= Num<T>::to_f(m0[8 * (e >> 1) * LDM + 8 * j + (e & 1)]);
+      }
     }
     if constexpr (Eng::EARLYMASK) {
       if (early) {  // v5: the mask buffer is free once every warp has weighted its scores
         if (p.mask && it + 1 < n_it) {
           __syncthreads();
-          issue(it + 1, 0, 2);
+          issue(h_nx, c0_nx, 0, 2);
         }
         Eng::accumulate_x(o, s, L.Cx);
         continue;  // the next tile's first barrier orders the rest
@@ -242,7 +311,7 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
     if constexpr (Eng::PRESPLIT) Eng::accumulate_x(o, s, L.Cx);
     else Eng::accumulate(o, s, L.Cs + cur * L.cstep);
     __syncthreads();  // the buffers of `cur` may be refilled now
-    if (stages == 1 && it + 1 < n_it) issue(it + 1, 0, Eng::PRESPLIT ? 2 : 3);
+    if (stages == 1 && it + 1 < n_it) issue(h_nx, c0_nx, 0, Eng::PRESPLIT ? 2 : 3);
   }
 
   // -- write out scale * O straight from the accumulators
