@@ -82,7 +82,9 @@ __device__ __forceinline__ void load_tile(T* dst, int ld, const T* src, int64_t 
 // (x mod COLS / V) in rows x / (COLS / V) + i * (NTH V / COLS): no division, no loop-carried
 // index, one 64-bit multiply-add a vector. Same values in the same places as load_tile (the
 // strided / misaligned case is load_tile's own element loop).
-template <class T, int NTH, int ROWS, int COLS>
+// UNROLL: the passes unrolled (the float32 pre-split kernels: fewest spills) or a loop (the
+// halves: unrolled, their precomputed addresses spilled ~200 bytes; as a loop none).
+template <class T, int NTH, int ROWS, int COLS, bool UNROLL = true>
 __device__ __forceinline__ void load_tile_fixed(T* dst, int ld, const T* src, int64_t si, int64_t sj, int row0,
                                                 int nrows, int col0, int ncols, int cols = COLS) {
   constexpr int V = 16 / (int)sizeof(T);
@@ -90,12 +92,13 @@ __device__ __forceinline__ void load_tile_fixed(T* dst, int ld, const T* src, in
   static_assert(COLS % V == 0 && NTH % CPR == 0, "load_tile_fixed: a row's vectors must divide the threads");
   constexpr int RPP = NTH / CPR;                    // rows a pass
   constexpr int PASSES = (ROWS + RPP - 1) / RPP;
+  constexpr int UNROLL_BY = UNROLL ? PASSES : 1;
   if (sj == 1 && si % V == 0 && col0 % V == 0 && aligned16(src)) {
     const int c = (int)(threadIdx.x % CPR) * V, rf = (int)(threadIdx.x / CPR);
     if (c >= cols) return;
     const int gc = col0 + c;
     const bool full = gc + V <= ncols, none = gc >= ncols;
-#pragma unroll
+#pragma unroll UNROLL_BY
     for (int i = 0; i < PASSES; ++i) {
       const int r = rf + i * RPP;
       if (ROWS % RPP != 0 && r >= ROWS) break;
@@ -201,15 +204,15 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
       } else {
         load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, BC, 0, p.da, Kp);  // [BNc, Kp]
       }
-      load_tile_fixed<T, NTH, BC, BE>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec,
+      load_tile_fixed<T, NTH, BC, BE, Eng::PRESPLIT>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec,
                                       p.ec, 1, c0, nC, e0, p.ec);                        // [BNc, 64]
     }
     if (p.mask && (what & 2)) {
       const T* mbh = static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh;
       if (col)
-        load_tile_fixed<T, NTH, BC, BMr>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, r0, p.m);
+        load_tile_fixed<T, NTH, BC, BMr, Eng::PRESPLIT>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, r0, p.m);
       else
-        load_tile_fixed<T, NTH, BMr, BC>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, c0, p.m);
+        load_tile_fixed<T, NTH, BMr, BC, Eng::PRESPLIT>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, c0, p.m);
     }
     cp_async_commit();
   };
