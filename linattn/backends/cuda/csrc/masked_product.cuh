@@ -44,6 +44,22 @@
 
 namespace linattn {
 
+// One 16-byte vector d = src[gr * si + gc .. + V - 1] (unit column stride, 16-byte aligned): a
+// cp.async where the vector is whole, zero-filled where it lies past the ends, element by
+// element in the rare vector that straddles ncols.
+template <class T>
+__device__ __forceinline__ void copy_vec16(T* d, const T* src, int64_t si, int gr, int nrows, int gc, int ncols) {
+  constexpr int V = 16 / (int)sizeof(T);
+  if (gr < nrows && gc + V <= ncols) {
+    cp_async16(d, src + gr * si + gc, true);
+  } else if (gr >= nrows || gc >= ncols) {
+    cp_async16(d, src, false);
+  } else {
+#pragma unroll
+    for (int u = 0; u < V; ++u) d[u] = gc + u < ncols ? src[gr * si + gc + u] : Num<T>::from_f(0.f);
+  }
+}
+
 // dst[r][c] = src[(row0 + r) * si + (col0 + c) * sj] for r < rows, c < cols (cols a multiple of
 // 16 bytes), zero where row0 + r >= nrows or col0 + c >= ncols. With unit column stride and
 // 16-byte aligned vectors, one cp.async per 16 bytes (zero-fill past the ends; the rare vector
@@ -56,16 +72,7 @@ __device__ __forceinline__ void load_tile(T* dst, int ld, const T* src, int64_t 
     const int cpr = cols / V;
     for (int idx = threadIdx.x; idx < rows * cpr; idx += NTH) {
       const int r = idx / cpr, c = (idx - r * cpr) * V;
-      const int gr = row0 + r, gc = col0 + c;
-      T* d = dst + r * ld + c;
-      if (gr < nrows && gc + V <= ncols) {
-        cp_async16(d, src + gr * si + gc, true);
-      } else if (gr >= nrows || gc >= ncols) {
-        cp_async16(d, src, false);
-      } else {
-#pragma unroll
-        for (int u = 0; u < V; ++u) d[u] = gc + u < ncols ? src[gr * si + gc + u] : Num<T>::from_f(0.f);
-      }
+      copy_vec16(dst + r * ld + c, src, si, row0 + r, nrows, col0 + c, ncols);
     }
     return;
   }
@@ -96,22 +103,11 @@ __device__ __forceinline__ void load_tile_fixed(T* dst, int ld, const T* src, in
   if (sj == 1 && si % V == 0 && col0 % V == 0 && aligned16(src)) {
     const int c = (int)(threadIdx.x % CPR) * V, rf = (int)(threadIdx.x / CPR);
     if (c >= cols) return;
-    const int gc = col0 + c;
-    const bool full = gc + V <= ncols, none = gc >= ncols;
 #pragma unroll UNROLL_BY
     for (int i = 0; i < PASSES; ++i) {
       const int r = rf + i * RPP;
       if (ROWS % RPP != 0 && r >= ROWS) break;
-      const int gr = row0 + r;
-      T* d = dst + r * ld + c;
-      if (gr < nrows && full) {
-        cp_async16(d, src + gr * si + gc, true);
-      } else if (gr >= nrows || none) {
-        cp_async16(d, src, false);
-      } else {
-#pragma unroll
-        for (int u = 0; u < V; ++u) d[u] = gc + u < ncols ? src[gr * si + gc + u] : Num<T>::from_f(0.f);
-      }
+      copy_vec16(dst + r * ld + c, src, si, row0 + r, nrows, col0 + c, ncols);
     }
     return;
   }
