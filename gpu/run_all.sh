@@ -53,6 +53,7 @@ run_one() {  # run_one STAGE: the stage's limit comes from LIMIT_<stage> when se
     fuzz)    stage fuzz "${LIMIT_fuzz:-150}" python3 gpu/fuzz_gpu.py ;;
     probe)   stage probe "${LIMIT_probe:-300}" bash gpu/probe.sh ;;
     probesrc) stage probesrc "${LIMIT_probesrc:-400}" bash gpu/probe_src.sh ;;
+    probetriton) stage probetriton "${LIMIT_probetriton:-300}" bash gpu/probe_triton.sh ;;
     seedprof) stage seedprof "${LIMIT_seedprof:-100}" python3 gpu/profile_seed.py ;;
     chunkfinal) stage chunkfinal "${LIMIT_chunkfinal:-300}" python3 gpu/chunk_final.py ;;
     fuseab)  stage fuseab "${LIMIT_fuseab:-240}" python3 gpu/chunk_fuse_ab.py ;;
