@@ -61,8 +61,13 @@ UPCAST_DOTS = INTERPRET
 
 
 #: bf16x6 (Triton: each float32 operand as three bfloat16 parts, six bf16 products) is there
-#: to be timed against tf32x3 (same tensor-core cost); it is nobody's default.
-_FP32_DOTS = ("ieee", "tf32x3", "tf32", "bf16x6")
+#: to be timed against tf32x3 (same tensor-core cost); it is nobody's default. f16x3 (ours,
+#: ``dot`` below): each operand scaled by a power of two per row / column and split into two
+#: float16 halves, three float16 products — tf32x3's 22 bits at float16's tensor-core rate.
+_FP32_DOTS = ("ieee", "tf32x3", "tf32", "bf16x6", "f16x3")
+
+#: The ``PRECISION`` of ``dot``'s scaled float16 split (see ``split_f16``).
+F16X3 = "f16x3"
 
 
 def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
@@ -98,6 +103,7 @@ def next_pow2_tile(n: int, minimum: int = 16) -> int:
 if HAVE_TRITON:
 
     _PRESPLIT = tl.constexpr(PRESPLIT)  # a global a jitted function may read
+    _F16X3 = tl.constexpr(F16X3)
     #: ``LINATTN_TRITON_F16_RANGE=0`` turns ``f16_range`` off (for A/B runs on a GPU only).
     _F16_RANGE = tl.constexpr(os.environ.get("LINATTN_TRITON_F16_RANGE", "1") != "0")
 
@@ -108,10 +114,46 @@ if HAVE_TRITON:
             a_hi, a_lo = split_tf32(a, PRECISION)
             b_hi, b_lo = split_tf32(b, PRECISION)
             return dot3(a_hi, a_lo, b_hi, b_lo, PRECISION, UPCAST)
+        elif PRECISION == _F16X3:
+            a_hi, a_lo, a_inv = split_f16(a, 1)
+            b_hi, b_lo, b_inv = split_f16(b, 0)
+            if UPCAST:  # the interpreter: float16 values times float16 values are exact in float32
+                r = tl.dot(a_lo.to(tl.float32), b_hi.to(tl.float32), input_precision="ieee")
+                r = tl.dot(a_hi.to(tl.float32), b_lo.to(tl.float32), r, input_precision="ieee")
+                r = tl.dot(a_hi.to(tl.float32), b_hi.to(tl.float32), r, input_precision="ieee")
+            else:
+                r = tl.dot(a_lo, b_hi)
+                r = tl.dot(a_hi, b_lo, r)
+                r = tl.dot(a_hi, b_hi, r)
+            return r * a_inv[:, None] * b_inv[None, :]
         elif UPCAST:
             return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
         else:
             return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
+    def split_f16(x, AXIS: tl.constexpr):
+        """float32 ``x`` as ``(hi, lo, inv)``: ``x ≈ (hi + lo) * inv`` along ``AXIS`` (1: one
+        power of two ``inv`` per row, reducing over the columns; 0: per column), hi and lo float16.
+
+        Each row (column) is scaled by the power of two that puts its largest magnitude in
+        [2^14, 2^15), below float16's 65504; hi = float16(x·s) and lo = float16(x·s − hi) carry
+        22 significant bits of every value not far below that largest one (smaller values keep
+        an absolute error of 2^-39 of it, float16's subnormal step), as tf32x3's two TF32 halves
+        do. Zero or tiny rows (largest < 2^-112) use s = 2^126; inf/NaN propagate.
+        """
+        m = tl.max(tl.abs(x), axis=AXIS)
+        e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent of the largest
+        e = tl.minimum(tl.maximum(e, 15), 254)
+        s = ((268 - e) << 23).to(tl.float32, bitcast=True)  # 2^(141 - e): largest·s in [2^14, 2^15)
+        inv = ((e - 14) << 23).to(tl.float32, bitcast=True)  # 1 / s
+        if AXIS == 1:
+            xs = x * s[:, None]
+        else:
+            xs = x * s[None, :]
+        hi = xs.to(tl.float16)
+        lo = (xs - hi.to(tl.float32)).to(tl.float16)
+        return hi, lo, inv
 
     # -- three TF32 products per float32 product, with operands split by the kernel -------
     #
