@@ -612,6 +612,70 @@ def test_tf32_split_halves():
     assert hi[1008].item() == float("inf") and hi[1009].item() == -float("inf")
 
 
+@triton.jit
+def _f16_halves(x, hi_r, lo_r, inv_r, hi_c, lo_c, inv_c, R: tl.constexpr, C: tl.constexpr):
+    o_r, o_c = tl.arange(0, R), tl.arange(0, C)
+    b = tl.load(x + o_r[:, None] * C + o_c[None, :])
+    h, l_, i = common.split_f16(b, 1)  # per row
+    tl.store(hi_r + o_r[:, None] * C + o_c[None, :], h.to(tl.float32))
+    tl.store(lo_r + o_r[:, None] * C + o_c[None, :], l_.to(tl.float32))
+    tl.store(inv_r + o_r, i)
+    h, l_, i = common.split_f16(b, 0)  # per column
+    tl.store(hi_c + o_r[:, None] * C + o_c[None, :], h.to(tl.float32))
+    tl.store(lo_c + o_r[:, None] * C + o_c[None, :], l_.to(tl.float32))
+    tl.store(inv_c + o_c, i)
+
+
+def test_f16x3_split_halves():
+    """common.split_f16 (LINATTN_TRITON_FP32_DOT=f16x3): per row (axis 1) and per column
+    (axis 0) a power of two 1/inv puts the largest magnitude in [2^14, 2^15); (hi + lo)·inv
+    equals x to 2^-22 relative for every value within 2^-17 of its row's (column's) largest,
+    and to 2^-38 of that largest below; all-zero, tiny (1e-38 ... 1e-30) and huge (1e30) rows
+    and columns are fine."""
+    g = torch.Generator().manual_seed(0)
+    R = C = 32
+    x = torch.randn(R, C, generator=g) * torch.exp2(torch.randint(-20, 20, (R, C), generator=g).float())
+    x[1] = 0.0
+    x[2] *= 1e-38
+    x[3] *= 1e-30
+    x[4] *= 1e30
+    x[:, 5] = 0.0
+    x[6, 7] = 1e6  # one large value: the rest of row 6 falls far below it
+    x = x.to(DEVICE)
+    out = [torch.empty(R, C, device=DEVICE) for _ in range(2)] + [torch.empty(R, device=DEVICE)]
+    out += [torch.empty(R, C, device=DEVICE) for _ in range(2)] + [torch.empty(C, device=DEVICE)]
+    _f16_halves[(1,)](x, *out, R, C)
+    x = x.cpu().double()
+    for axis, (hi, lo, inv) in ((1, out[:3]), (0, out[3:])):
+        hi, lo, inv = hi.cpu().double(), lo.cpu().double(), inv.cpu().double()
+        assert (torch.log2(inv) == torch.round(torch.log2(inv))).all()  # powers of two
+        big = x.abs().amax(dim=axis)
+        s = 1.0 / inv
+        live = (big > 1e-33) & (big < 1e33)  # rows/columns whose largest is a normal float32 far from the ends
+        scaled = big * s
+        assert ((scaled[live] >= 2.0 ** 14) & (scaled[live] < 2.0 ** 15)).all()
+        inv_b = inv[:, None] if axis == 1 else inv[None, :]
+        big_b = big[:, None] if axis == 1 else big[None, :]
+        err = (x - (hi + lo) * inv_b).abs()
+        near = x.abs() >= big_b * 2.0 ** -17
+        assert (err[near] <= 2.0 ** -22 * x.abs()[near]).all()
+        assert (err <= 2.0 ** -38 * big_b + 2.0 ** -22 * x.abs()).all()
+        assert torch.isfinite(hi).all() and torch.isfinite(lo).all()
+
+
+@pytest.mark.parametrize("case", FP32_PATH_CASES, ids=[_id(c) for c in FP32_PATH_CASES])
+def test_float32_f16x3_matches_float64(case, monkeypatch):
+    """LINATTN_TRITON_FP32_DOT=f16x3 (every float32 product as three float16 products of
+    power-of-two scaled halves, common.dot): every output and gradient within the float32 band.
+    Under the interpreter the halves are formed as on a GPU and their products are exact."""
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "f16x3")
+    B, H, Hkv, N, M, D, E, ms, causal, decay = case
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=11)
+    got = run(p, torch.float32, BACKEND, causal=causal)
+    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
+    check_float32(got, want)
+
+
 def test_float32_path_knobs_say_expected_and_got(monkeypatch):
     from linattn.backends.triton.dense_bwd import dkdv_mode
     from linattn.backends.triton.dense_fwd import dot_precision
@@ -625,6 +689,9 @@ def test_float32_path_knobs_say_expected_and_got(monkeypatch):
         assert dot_precision(torch.bfloat16) == "tf32"
         monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")  # an explicit precision wins
         assert dot_precision(torch.float32) == "ieee"
+        monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "f16x3")
+        assert dot_precision(torch.float32) == "f16x3"
+        assert dot_precision(torch.bfloat16) == "tf32"
         monkeypatch.delenv("LINATTN_TRITON_FP32_DOT")
         monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", "cutlass")
         with pytest.raises(ValueError, match=r"LINATTN_TRITON_DENSE_TF32X3 must be one of \('triton', 'split'\), got 'cutlass'"):
