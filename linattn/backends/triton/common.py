@@ -10,6 +10,7 @@ the interpreter to check kernel logic on small problems.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional
 
 import torch
@@ -64,6 +65,9 @@ UPCAST_DOTS = INTERPRET
 #: to be timed against tf32x3 (same tensor-core cost); it is nobody's default. f16x3 (ours,
 #: ``dot`` below): each operand scaled by a power of two per row / column and split into two
 #: float16 halves, three float16 products — tf32x3's 22 bits at float16's tensor-core rate.
+#: EXPERIMENTAL: correct alone and in the seed's kernels on an H200 (1.68x the reference, run
+#: 27), but the dense kernels with Triton 3.6 there failed 9 of 11 float32 harness cells (inf,
+#: wrong values, an illegal address at E = 16; run 28). Selecting it warns.
 _FP32_DOTS = ("ieee", "tf32x3", "tf32", "bf16x6", "f16x3")
 
 #: The ``PRECISION`` of ``dot``'s scaled float16 split (see ``split_f16``).
@@ -84,6 +88,10 @@ def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
     if forced:
         if forced not in _FP32_DOTS:
             raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
+        if forced == F16X3 and not INTERPRET:
+            warnings.warn("LINATTN_TRITON_FP32_DOT=f16x3 is experimental: on an H200 with Triton 3.6 the dense "
+                          "kernels gave inf, wrong values and an illegal address on some shapes "
+                          "(docs/results-triton-dense.md, run 28)", RuntimeWarning, stacklevel=2)
         return forced
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else fp32_default
 
