@@ -196,19 +196,22 @@ __global__ void __launch_bounds__(32 * WARPS, 16 / WARPS) masked_product_kernel(
     if (what & 1) {
       const T* bsrc = static_cast<const T*>(p.b) + bc * nC * p.da;
       if constexpr (Eng::PRESPLIT) {
-        load_tile_fixed<T, NTH, BC, Eng::MAX_KP>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, 0, p.da, Kp);
+        load_tile_fixed<T, NTH, BC, Eng::MAX_KP>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, 0, p.da,
+                                                 Kp);  // [BNc, Kp]
       } else {
         load_tile<T, NTH>(L.Bs + buf * L.bstep, lda, bsrc, p.da, 1, c0, nC, BC, 0, p.da, Kp);  // [BNc, Kp]
       }
-      load_tile_fixed<T, NTH, BC, BE, Eng::PRESPLIT>(L.Cs + buf * L.cstep, Eng::LDC, static_cast<const T*>(p.c) + bc * nC * p.ec,
-                                      p.ec, 1, c0, nC, e0, p.ec);                        // [BNc, 64]
+      const T* csrc = static_cast<const T*>(p.c) + bc * nC * p.ec;
+      load_tile_fixed<T, NTH, BC, BE, Eng::PRESPLIT>(L.Cs + buf * L.cstep, Eng::LDC, csrc, p.ec, 1, c0, nC, e0,
+                                                     p.ec);  // [BNc, 64]
     }
     if (p.mask && (what & 2)) {
       const T* mbh = static_cast<const T*>(p.mask) + b * p.mask_sb + h * p.mask_sh;
+      T* Md = L.Ms + buf * L.mstep;
       if (col)
-        load_tile_fixed<T, NTH, BC, BMr, Eng::PRESPLIT>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, r0, p.m);
+        load_tile_fixed<T, NTH, BC, BMr, Eng::PRESPLIT>(Md, L.ldm, mbh, p.mask_si, p.mask_sj, c0, p.n, r0, p.m);
       else
-        load_tile_fixed<T, NTH, BMr, BC, Eng::PRESPLIT>(L.Ms + buf * L.mstep, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, c0, p.m);
+        load_tile_fixed<T, NTH, BMr, BC, Eng::PRESPLIT>(Md, L.ldm, mbh, p.mask_si, p.mask_sj, r0, p.n, c0, p.m);
     }
     cp_async_commit();
   };
