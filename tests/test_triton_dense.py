@@ -529,7 +529,7 @@ def test_float32_dot_precision_default_and_overrides(monkeypatch):
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")
     assert dot_precision(torch.float32) == "ieee"
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "fp64")
-    with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3', 'tf32', 'bf16x6'\), got 'fp64'"):
+    with pytest.raises(ValueError, match=r"one of \('ieee', 'tf32x3', 'tf32', 'bf16x6', 'f16x3'\), got 'fp64'"):
         dot_precision(torch.float32)
 
 
