@@ -144,13 +144,19 @@ def _id(c):
     return f"B{B}-H{H}-Hkv{Hkv}-N{N}-M{M}-D{D}-E{E}-{kind.strip('+') or 'none'}{'-m' + ms_s if ms else ''}"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_float32_matches_float64_reference(case):
+def assert_float32_case(case, seed=0):
+    """The float32 kernels on ``case`` (a CASES-style tuple) against the float64 reference:
+    o and every gradient inside the float32 band."""
     B, H, Hkv, N, M, D, E, ms, causal, decay = case
-    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay)
+    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=seed)
     got = run(p, torch.float32, BACKEND, causal=causal)
     want = run(p, torch.float64, "reference", causal=causal, device="cpu")
     check_float32(got, want)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_float32_matches_float64_reference(case):
+    assert_float32_case(case)
 
 
 # -- 16-bit inputs: inside a band set by the same formula computed in that dtype ----------------
@@ -564,11 +570,7 @@ def test_float32_paths_match_float64(case, tf32x3, dkdv, monkeypatch):
     monkeypatch.setenv("LINATTN_TRITON_DENSE_DKDV", dkdv)
     monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "split")  # causal/decay through the dk/dv kernel too
     launches = _record_launches(monkeypatch)
-    B, H, Hkv, N, M, D, E, ms, causal, decay = case
-    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=11)
-    got = run(p, torch.float32, BACKEND, causal=causal)
-    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
-    check_float32(got, want)
+    assert_float32_case(case, seed=11)
     dkdv_flags = [(f["NEED_DK"], f["NEED_DV"]) for n, f in launches if n == "_dense_bwd_dkdv_kernel"]
     assert dkdv_flags == ([(True, False), (False, True)] if dkdv == "split" else [(True, True)]), launches
 
@@ -669,11 +671,7 @@ def test_float32_f16x3_matches_float64(case, monkeypatch):
     power-of-two scaled halves, common.dot): every output and gradient within the float32 band.
     Under the interpreter the halves are formed as on a GPU and their products are exact."""
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "f16x3")
-    B, H, Hkv, N, M, D, E, ms, causal, decay = case
-    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=11)
-    got = run(p, torch.float32, BACKEND, causal=causal)
-    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
-    check_float32(got, want)
+    assert_float32_case(case, seed=11)
 
 
 def test_float32_path_knobs_say_expected_and_got(monkeypatch):
@@ -723,11 +721,7 @@ def test_dkdv_transposed_mask_copy(case, maskt, monkeypatch):
     per-(b, h) mask, N != M, with causal and decay)."""
     monkeypatch.setenv("LINATTN_TRITON_DENSE_MASKT", maskt)
     monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "split")
-    B, H, Hkv, N, M, D, E, ms, causal, decay = case
-    p = make_problem(B, H, Hkv, N, M, D, E, ms, decay, seed=12)
-    got = run(p, torch.float32, BACKEND, causal=causal)
-    want = run(p, torch.float64, "reference", causal=causal, device="cpu")
-    check_float32(got, want)
+    assert_float32_case(case, seed=12)
 
 
 def test_maskt_knob_says_expected_and_got(monkeypatch):
