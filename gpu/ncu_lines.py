@@ -1,6 +1,6 @@
 """Executed instructions and stall samples per source line, from ncu's per-SASS-instruction CSV.
 
-    python3 gpu/ncu_lines.py f32fwd_sass.csv kernels_f32.cubin KERNEL_SYMBOL
+    python3 gpu/ncu_lines.py f32fwd_sass.csv kernels_f32.cubin KERNEL_SYMBOL [NVDISASM]
 
 ncu (gpu/probe_src.sh) writes, for one launch, every SASS instruction with its executed count
 and stall samples, but without line numbers when the source is not at hand. This script
@@ -16,9 +16,9 @@ import subprocess
 import sys
 
 
-def line_map(cubin, kernel):
-    nd = sys.argv[4] if len(sys.argv) > 4 else shutil.which("nvdisasm")
-    text = subprocess.run([nd, "--print-line-info", cubin], capture_output=True, text=True, check=True).stdout
+def line_map(cubin, kernel, nvdisasm):
+    """SASS offset -> ((file, line), opcode) for ``kernel`` in ``cubin``."""
+    text = subprocess.run([nvdisasm, "--print-line-info", cubin], capture_output=True, text=True, check=True).stdout
     lines = text.split("\n")
     start = next(i for i, ln in enumerate(lines) if ln.startswith(".text." + kernel + ":"))
     cur, out = None, {}
@@ -40,7 +40,7 @@ def main():
     hdr, data = rows[1], rows[2:]
     ia, isrc = hdr.index("Address"), hdr.index("Source")
     iex, ist = hdr.index("Instructions Executed"), hdr.index("Warp Stall Sampling (All Samples)")
-    where = line_map(sys.argv[2], sys.argv[3])
+    where = line_map(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else shutil.which("nvdisasm"))
     base = int(data[0][ia], 16)
     ex, st, ops = collections.Counter(), collections.Counter(), collections.Counter()
     bad = 0
