@@ -55,6 +55,8 @@ run_one() {  # run_one STAGE: the stage's limit comes from LIMIT_<stage> when se
     probesrc) stage probesrc "${LIMIT_probesrc:-400}" bash gpu/probe_src.sh ;;
     probetriton) stage probetriton "${LIMIT_probetriton:-300}" bash gpu/probe_triton.sh ;;
     seedprof) stage seedprof "${LIMIT_seedprof:-100}" python3 gpu/profile_seed.py ;;
+    hunt)    stage hunt "${LIMIT_hunt:-400}" python3 gpu/f16x3_hunt.py ;;
+    sweep)   stage sweep "${LIMIT_sweep:-260}" python3 gpu/f16x3_sweep.py ;;
     chunkfinal) stage chunkfinal "${LIMIT_chunkfinal:-300}" python3 gpu/chunk_final.py ;;
     fuseab)  stage fuseab "${LIMIT_fuseab:-240}" python3 gpu/chunk_fuse_ab.py ;;
     faultgrid) stage faultgrid "${LIMIT_faultgrid:-200}" python3 gpu/chunk_fault_grid.py ;;

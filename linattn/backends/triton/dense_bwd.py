@@ -35,7 +35,7 @@ import torch
 
 from . import common
 from .common import HAVE_TRITON
-from .dense_fwd import FALLBACK_CONFIGS, IEEE_FP32_FIXED, dot_precision, launch, mask_strides
+from .dense_fwd import FALLBACK_CONFIGS, IEEE_FP32_FIXED, channel_tiles, dot_precision, launch, mask_strides
 
 if HAVE_TRITON:
     import triton
@@ -473,9 +473,9 @@ def dense_backward(
     common_args = dict(
         H=H, G=H // Hkv, N=N, M=M, D=D, E=E, scale=float(scale),
         CAUSAL=causal, DECAY=slopes is not None,
-        BD=common.next_pow2_tile(D), BE=common.next_pow2_tile(E),
         PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
+    common_args["BD"], common_args["BE"] = channel_tiles(D, E, common_args["PRECISION"])
     sm = mask_strides(mask)
     mask_args = dict(m=mask if has_mask else q, stride_mb=sm[0], stride_mh=sm[1], stride_mn=sm[2], stride_mm=sm[3])
     # dM inside the dq kernel when the mask has its own tile for every (b, h)

@@ -58,7 +58,7 @@ if HAVE_TRITON:
 
     from .common import dot, dot3, dot3_acc, split_tf32, to_operand
 
-__all__ = ["dense_forward", "FWD_CONFIGS", "mask_strides", "dot_precision", "smem_estimate", "smem_limit"]
+__all__ = ["dense_forward", "channel_tiles", "FWD_CONFIGS", "mask_strides", "dot_precision", "smem_estimate", "smem_limit"]
 
 #: Tile configurations tried by the autotuner on a GPU: (BN, BM, num_warps, num_stages).
 FWD_CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3)]
@@ -95,6 +95,23 @@ def dot_precision(dtype: torch.dtype) -> str:
 #: loaded and issue the three TF32 products themselves (``common.split_tf32``/``dot3``),
 #: accumulating into the running accumulator. Same three products, same accuracy class.
 _TF32X3_MODES = ("triton", "split")
+
+
+#: f16x3 (``common.dot``) channel tiles are at least this wide. Triton 3.6 on an H200 gave wrong
+#: values, inf and out-of-range shared-memory reads (compute-sanitizer: the second HGMMA of a
+#: product) when an f16x3 product's right operand was split in registers, stored N-contiguous
+#: (v in o += P v, k in dq = dA k, q and do in dk/dv) and narrower than 128 bytes (N = 16 or
+#: 32 halves) with K = 64 (run 29, gpu/f16x3_hunt.py); N = 64 halves (128-byte rows) were
+#: right at every tile config tried. Loads are masked beyond D and E, so wider tiles only cost
+#: work on small heads.
+F16X3_MIN_CHANNEL_TILE = 64
+
+
+def channel_tiles(D: int, E: int, precision: str) -> tuple:
+    """``(BD, BE)``: the power-of-two channel tiles for head dims D and E (see
+    ``F16X3_MIN_CHANNEL_TILE`` for ``precision == "f16x3"``)."""
+    least = F16X3_MIN_CHANNEL_TILE if precision == common.F16X3 else 16
+    return common.next_pow2_tile(D, least), common.next_pow2_tile(E, least)
 
 
 def tf32x3_mode() -> str:
@@ -423,9 +440,9 @@ def dense_forward(q, k, v, mask, slopes, causal: bool, scale: float, *, config=N
         stride_mb=sm[0], stride_mh=sm[1], stride_mn=sm[2], stride_mm=sm[3],
         H=H, G=H // Hkv, N=N, M=M, D=D, E=E, scale=float(scale),
         HAS_MASK=mask is not None, CAUSAL=bool(causal or slopes is not None), DECAY=slopes is not None,
-        BD=common.next_pow2_tile(D), BE=common.next_pow2_tile(E),
         PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
+    args["BD"], args["BE"] = channel_tiles(D, E, args["PRECISION"])
     launch(
         _dense_fwd_kernel, _dense_fwd_tuned if HAVE_TRITON else None,
         lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
