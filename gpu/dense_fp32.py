@@ -57,8 +57,10 @@ VARIANTS = [
     ("v3", dict(LINATTN_TRITON_DENSE_TF32X3="triton", LINATTN_TRITON_DENSE_DKDV="joint")),
     ("tf32+maskT", dict(LINATTN_TRITON_FP32_DOT="tf32", LINATTN_TRITON_DENSE_MASKT="on")),
     ("split+split", dict(LINATTN_TRITON_DENSE_TF32X3="split", LINATTN_TRITON_DENSE_DKDV="split")),
-    # run 27: two float16 halves per operand, scaled by powers of two (common.split_f16)
+    # run 27: two float16 halves per operand, scaled by powers of two (common.split_f16);
+    # the default from run 31 on (so "default" is f16x3 there, and this the old default)
     ("f16x3", dict(LINATTN_TRITON_FP32_DOT="f16x3")),
+    ("tf32x3", dict(LINATTN_TRITON_FP32_DOT="tf32x3")),
 ]
 #: DENSE_FP32_VARIANTS="default,f16x3" runs only those, in that order
 if os.environ.get("DENSE_FP32_VARIANTS"):

@@ -471,6 +471,19 @@ def test_every_head_size_has_a_config_that_fits(kind):
     assert fits("fwd", 4, (128, 64, 8, 3), 64, 64, H100_SMEM) and fits("dq", 4, (128, 64, 8, 3), 64, 64, H100_SMEM)
 
 
+def test_f16x3_winner_fits_by_the_estimate():
+    """The f16x3 tiles (128, 64, 4, 2) (run 30's winner for every kernel) pass the shared-memory
+    estimate at D = E = 64 for the forward, dq and the one-accumulator dk/dv programs (the split
+    launches), though not for a joint dk+dv program (two accumulators, more than it took)."""
+    from linattn.backends.triton.dense_bwd import dkdv_kind
+    from linattn.backends.triton.dense_fwd import F16X3_FIXED_GPU, H100_SMEM, fits
+
+    assert dkdv_kind(True, False) == dkdv_kind(False, True) == "dkdv1" and dkdv_kind(True, True) == "dkdv"
+    for kind in ("fwd", "dq", "dkdv1"):
+        assert fits(kind, 4, F16X3_FIXED_GPU, 64, 64, H100_SMEM), kind
+    assert not fits("dkdv", 4, F16X3_FIXED_GPU, 64, 64, H100_SMEM)
+
+
 class OutOfResources(Exception):
     """Named like Triton's, which the launcher recognises by name and message."""
 
@@ -526,7 +539,7 @@ def test_float32_dot_precision_default_and_overrides(monkeypatch):
     monkeypatch.delenv("LINATTN_TRITON_FP32_DOT", raising=False)
     try:
         matmul.allow_tf32 = False
-        assert dot_precision(torch.float32) == "tf32x3"
+        assert dot_precision(torch.float32) == "f16x3"
         assert dot_precision(torch.bfloat16) == "tf32"  # ignored by 16-bit dots
         matmul.allow_tf32 = True
         assert dot_precision(torch.float32) == "tf32"
@@ -566,6 +579,7 @@ def test_float32_paths_match_float64(case, tf32x3, dkdv, monkeypatch):
     split (dk and dv from two launches) give every output and gradient within the float32
     band. Under the interpreter the split halves are formed exactly as on a GPU (bit
     rounding) and their products are exact, so this checks the split arithmetic itself."""
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "tf32x3")
     monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", tf32x3)
     monkeypatch.setenv("LINATTN_TRITON_DENSE_DKDV", dkdv)
     monkeypatch.setenv("LINATTN_TRITON_DENSE_BWD", "split")  # causal/decay through the dk/dv kernel too
@@ -667,11 +681,36 @@ def test_f16x3_split_halves():
 
 @pytest.mark.parametrize("case", FP32_PATH_CASES, ids=[_id(c) for c in FP32_PATH_CASES])
 def test_float32_f16x3_matches_float64(case, monkeypatch):
-    """LINATTN_TRITON_FP32_DOT=f16x3 (every float32 product as three float16 products of
+    """f16x3 (the float32 default: every float32 product as three float16 products of
     power-of-two scaled halves, common.dot): every output and gradient within the float32 band.
     Under the interpreter the halves are formed as on a GPU and their products are exact."""
     monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "f16x3")
     assert_float32_case(case, seed=11)
+
+
+def test_f16x3_only_in_the_dense_kernels(monkeypatch):
+    """LINATTN_TRITON_FP32_DOT=f16x3 reaches the kernel families that ask for it (dense); the
+    chunk kernels keep their own float32 default."""
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "f16x3")
+    assert common.dot_precision(torch.float32, fp32_default="ieee") == "ieee"
+    assert common.dot_precision(torch.float32, fp32_default="ieee", f16x3=True) == "f16x3"
+    monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "tf32x3")
+    assert common.dot_precision(torch.float32, fp32_default="ieee") == "tf32x3"
+
+
+def test_f16x3_channel_tiles_at_least_64_on_a_gpu(monkeypatch):
+    """On a GPU, f16x3 kernels pad their channel tiles to 64 (dense_fwd.F16X3_MIN_CHANNEL_TILE:
+    narrower N-contiguous float16 right operands were misread by Triton 3.6); other precisions,
+    and the interpreter, keep the next power of two from 16."""
+    from linattn.backends.triton import dense_fwd
+
+    monkeypatch.setattr(common, "INTERPRET", False)
+    assert dense_fwd.channel_tiles(3, 17, "f16x3") == (64, 64)
+    assert dense_fwd.channel_tiles(64, 96, "f16x3") == (64, 128)
+    assert dense_fwd.channel_tiles(3, 17, "tf32x3") == (16, 32)
+    assert dense_fwd.channel_tiles(3, 17, "tf32") == (16, 32)
+    monkeypatch.setattr(common, "INTERPRET", True)
+    assert dense_fwd.channel_tiles(3, 17, "f16x3") == (16, 32)
 
 
 def test_float32_path_knobs_say_expected_and_got(monkeypatch):
@@ -683,6 +722,8 @@ def test_float32_path_knobs_say_expected_and_got(monkeypatch):
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
         monkeypatch.setenv("LINATTN_TRITON_DENSE_TF32X3", "split")
+        assert dot_precision(torch.float32) == "f16x3"  # the split applies to tf32x3 products only
+        monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "tf32x3")
         assert dot_precision(torch.float32) == common.PRESPLIT
         assert dot_precision(torch.bfloat16) == "tf32"
         monkeypatch.setenv("LINATTN_TRITON_FP32_DOT", "ieee")  # an explicit precision wins

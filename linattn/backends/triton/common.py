@@ -10,7 +10,6 @@ the interpreter to check kernel logic on small problems.
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Optional
 
 import torch
@@ -64,23 +63,24 @@ UPCAST_DOTS = INTERPRET
 #: bf16x6 (Triton: each float32 operand as three bfloat16 parts, six bf16 products) is there
 #: to be timed against tf32x3 (same tensor-core cost); it is nobody's default. f16x3 (ours,
 #: ``dot`` below): each operand scaled by a power of two per row / column and split into two
-#: float16 halves, three float16 products — tf32x3's 22 bits at float16's tensor-core rate.
-#: EXPERIMENTAL: correct alone and in the seed's kernels on an H200 (1.68x the reference, run
-#: 27), but the dense kernels with Triton 3.6 there failed 9 of 11 float32 harness cells (inf,
-#: wrong values, an illegal address at E = 16; run 28). Selecting it warns.
+#: float16 halves, three float16 products — tf32x3's 22 bits at float16's tensor-core rate;
+#: the dense kernels' float32 default (dense_fwd.dot_precision), not used by the chunk kernels.
 _FP32_DOTS = ("ieee", "tf32x3", "tf32", "bf16x6", "f16x3")
 
 #: The ``PRECISION`` of ``dot``'s scaled float16 split (see ``split_f16``).
 F16X3 = "f16x3"
 
 
-def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
+def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee", f16x3: bool = False) -> str:
     """``input_precision`` for ``tl.dot``: for float32, ``fp32_default`` (each kernel family
     names its own: ``ieee`` full float32 products, ``tf32x3`` three TF32 products per product,
-    close to float32 accuracy on tensor cores) unless the caller opted in to TF32
-    (``torch.backends.cuda.matmul.allow_tf32 = True``); 16-bit inputs ignore it.
+    ``f16x3`` three float16 products of scaled halves, both close to float32 accuracy on tensor
+    cores) unless the caller opted in to TF32 (``torch.backends.cuda.matmul.allow_tf32 = True``);
+    16-bit inputs ignore it.
 
-    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 | bf16x6 overrides the float32 choice.
+    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 | bf16x6 | f16x3 overrides the float32
+    choice; f16x3 only in kernel families that pass ``f16x3=True`` (the others keep
+    ``fp32_default``).
     """
     if dtype != torch.float32:
         return "tf32"
@@ -88,11 +88,7 @@ def dot_precision(dtype: torch.dtype, fp32_default: str = "ieee") -> str:
     if forced:
         if forced not in _FP32_DOTS:
             raise ValueError(f"LINATTN_TRITON_FP32_DOT must be one of {_FP32_DOTS}, got {forced!r}")
-        if forced == F16X3 and not INTERPRET:
-            warnings.warn("LINATTN_TRITON_FP32_DOT=f16x3 is experimental: on an H200 with Triton 3.6 the dense "
-                          "kernels gave inf, wrong values and an illegal address on some shapes "
-                          "(docs/results-triton-dense.md, run 28)", RuntimeWarning, stacklevel=2)
-        return forced
+        return fp32_default if forced == F16X3 and not f16x3 else forced
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else fp32_default
 
 
@@ -112,9 +108,6 @@ if HAVE_TRITON:
 
     _PRESPLIT = tl.constexpr(PRESPLIT)  # a global a jitted function may read
     _F16X3 = tl.constexpr(F16X3)
-    #: A/B knob for locating the f16x3 failure on a GPU (gpu/f16x3_hunt.py): "" (as documented),
-    #: "noscale" (no power-of-two scaling), "tf32dot" (the same halves multiplied as TF32).
-    _F16X3_AB = tl.constexpr(os.environ.get("LINATTN_TRITON_F16X3_AB", ""))
     #: ``LINATTN_TRITON_F16_RANGE=0`` turns ``f16_range`` off (for A/B runs on a GPU only).
     _F16_RANGE = tl.constexpr(os.environ.get("LINATTN_TRITON_F16_RANGE", "1") != "0")
 
@@ -127,20 +120,11 @@ if HAVE_TRITON:
             return dot3(a_hi, a_lo, b_hi, b_lo, PRECISION, UPCAST)
         elif PRECISION == _F16X3:
             a_hi, a_lo, a_inv = split_f16(a, 1)
-            if _F16X3_AB == "kmajor":
-                bt_hi, bt_lo, b_inv = split_f16(tl.trans(b), 1)
-                b_hi = tl.trans(bt_hi)
-                b_lo = tl.trans(bt_lo)
-            else:
-                b_hi, b_lo, b_inv = split_f16(b, 0)
+            b_hi, b_lo, b_inv = split_f16(b, 0)
             if UPCAST:  # the interpreter: float16 values times float16 values are exact in float32
                 r = tl.dot(a_lo.to(tl.float32), b_hi.to(tl.float32), input_precision="ieee")
                 r = tl.dot(a_hi.to(tl.float32), b_lo.to(tl.float32), r, input_precision="ieee")
                 r = tl.dot(a_hi.to(tl.float32), b_hi.to(tl.float32), r, input_precision="ieee")
-            elif _F16X3_AB == "tf32dot":  # float16 values are exact in TF32
-                r = tl.dot(a_lo.to(tl.float32), b_hi.to(tl.float32), input_precision="tf32")
-                r = tl.dot(a_hi.to(tl.float32), b_lo.to(tl.float32), r, input_precision="tf32")
-                r = tl.dot(a_hi.to(tl.float32), b_hi.to(tl.float32), r, input_precision="tf32")
             else:
                 r = tl.dot(a_lo, b_hi)
                 r = tl.dot(a_hi, b_lo, r)
@@ -163,8 +147,6 @@ if HAVE_TRITON:
         do. Zero or tiny rows (largest < 2^-112) use s = 2^126; inf/NaN propagate.
         """
         m = tl.max(tl.abs(x), axis=AXIS)
-        if _F16X3_AB == "noscale":
-            m = m * 0.0 + 16384.0  # s = inv = 1
         e = (m.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased exponent of the largest
         e = tl.minimum(tl.maximum(e, 15), 254)
         s = ((268 - e) << 23).to(tl.float32, bitcast=True)  # 2^(141 - e): largest·s in [2^14, 2^15)

@@ -35,7 +35,8 @@ import torch
 
 from . import common
 from .common import HAVE_TRITON
-from .dense_fwd import FALLBACK_CONFIGS, IEEE_FP32_FIXED, channel_tiles, dot_precision, launch, mask_strides
+from .dense_fwd import (F16X3_CONFIGS, F16X3_FIXED_GPU, FALLBACK_CONFIGS, IEEE_FP32_FIXED, channel_tiles,
+                        dot_precision, launch, mask_strides)
 
 if HAVE_TRITON:
     import triton
@@ -444,6 +445,10 @@ if HAVE_TRITON:
                              key=_DKDV_KEY)
     _dkdv_split_tuned = _autotuned(_dense_bwd_dkdv_kernel, DKDV_SPLIT_CONFIGS, "BM", "BN",
                                    _pruner("dkdv1", "BM", "BN"), key=_DKDV_KEY)
+    # float32 with f16x3 products: one config list for dq and dk/dv (dense_fwd.F16X3_CONFIGS, run 30)
+    _dq_tuned_f16x3 = _autotuned(_dense_bwd_dq_kernel, F16X3_CONFIGS, "BN", "BM", _pruner("dq", "BN", "BM"))
+    _dkdv_tuned_f16x3 = _autotuned(_dense_bwd_dkdv_kernel, F16X3_CONFIGS, "BM", "BN",
+                                   _pruner(lambda a: dkdv_kind(a["NEED_DK"], a["NEED_DV"]), "BM", "BN"), key=_DKDV_KEY)
     _fused_tuned = _autotuned(_dense_bwd_fused_kernel, FUSED_CONFIGS, "BP", "BW", _pruner("fused", "BP", "BW"))
     _dmask_tuned = _autotuned(_dense_bwd_dmask_kernel, DMASK_CONFIGS, "BN", "BM", _pruner("dmask", "BN", "BM"),
                               key=["N", "M", "BD", "BE", "CAUSAL", "DECAY", "PRECISION", "MB", "MH"])
@@ -476,6 +481,7 @@ def dense_backward(
         PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
     common_args["BD"], common_args["BE"] = channel_tiles(D, E, common_args["PRECISION"])
+    f16x3 = common_args["PRECISION"] == common.F16X3
     sm = mask_strides(mask)
     mask_args = dict(m=mask if has_mask else q, stride_mb=sm[0], stride_mh=sm[1], stride_mn=sm[2], stride_mm=sm[3])
     # dM inside the dq kernel when the mask has its own tile for every (b, h)
@@ -517,12 +523,12 @@ def dense_backward(
         n_part = triton.cdiv(N, _min_rows(configs))
         ds_part = torch.zeros(B * H, n_part, device=q.device, dtype=torch.float32) if need_dslopes else q
         launch(
-            _dense_bwd_dq_kernel, _dq_tuned_wide if q.element_size() >= 4 else _dq_tuned,
+            _dense_bwd_dq_kernel, _dq_tuned_f16x3 if f16x3 else _dq_tuned_wide if q.element_size() >= 4 else _dq_tuned,
             lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
             dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dq=dq,
                  dm=dmask if fuse_dm else q, ds=ds_part, NI=n_part, **mask_args, **common_args,
                  HAS_MASK=has_mask, NEED_DQ=need_dq, NEED_DM=fuse_dm, NEED_DS=need_dslopes),
-            configs.get("dq"), DQ_FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dq",
+            configs.get("dq"), F16X3_FIXED_GPU if f16x3 else DQ_FIXED_GPU, FIXED_INTERPRET, "BN", "BM", kind="dq",
         )
         if need_dslopes:
             dslopes = ds_part.view(B, H, -1).sum(dim=(0, 2)).to(slopes.dtype)  # fixed-order reduction
@@ -543,12 +549,13 @@ def dense_backward(
             dkdv_mask_args = dict(m=mt, stride_mb=smt[0], stride_mh=smt[1], stride_mn=smt[2], stride_mm=smt[3])
         for flags in ([(True, False), (False, True)] if split else [(need_dk, need_dv)]):
             launch(
-                _dense_bwd_dkdv_kernel, _dkdv_split_tuned if split else _dkdv_tuned,
+                _dense_bwd_dkdv_kernel, _dkdv_tuned_f16x3 if f16x3 else _dkdv_split_tuned if split else _dkdv_tuned,
                 lambda meta: (B * Hkv, triton.cdiv(M, meta["BM"])),
                 dict(q=q, k=k, v=v, s=s32 if s32 is not None else q, do=do, dk=dk, dv=dv,
                      **dkdv_mask_args, **common_args, HAS_MASK=has_mask, NEED_DK=flags[0], NEED_DV=flags[1]),
-                configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else FIXED_GPU, FIXED_INTERPRET, "BM", "BN",
-                kind="dkdv",
+                configs.get("dkdv"), DKDV_CAUSAL_FIXED_GPU if causal else F16X3_FIXED_GPU if f16x3 else FIXED_GPU,
+                FIXED_INTERPRET, "BM", "BN",
+                kind=dkdv_kind(*flags),
             )
         dk = dk if need_dk else None
         dv = dv if need_dv else None
@@ -570,10 +577,16 @@ def _launch_dmask(q, k, v, s32, do, dmask, mask, B, common_args, configs):
     )
 
 
+def dkdv_kind(need_dk: bool, need_dv: bool) -> str:
+    """``smem_estimate``'s kind for a dk/dv launch: ``dkdv1`` when it computes one of the two
+    (one accumulator), else ``dkdv``."""
+    return "dkdv" if need_dk and need_dv else "dkdv1"
+
+
 def _min_rows(configs) -> int:
     """The smallest query block any dq-computing config may use (sizes the slopes partials)."""
-    cands = DQ_CONFIGS + FUSED_CONFIGS + FALLBACK_CONFIGS + [FIXED_GPU, DQ_FIXED_GPU, FUSED_FIXED_GPU, FIXED_INTERPRET,
-                                                              IEEE_FP32_FIXED, DKDV_CAUSAL_FIXED_GPU]
+    cands = DQ_CONFIGS + F16X3_CONFIGS + FUSED_CONFIGS + FALLBACK_CONFIGS + [
+        FIXED_GPU, DQ_FIXED_GPU, FUSED_FIXED_GPU, FIXED_INTERPRET, IEEE_FP32_FIXED, DKDV_CAUSAL_FIXED_GPU, F16X3_FIXED_GPU]
     cands += [c for c in (configs.get("dq"), configs.get("fused")) if c]
     return min(r for r, *_ in cands)
 

@@ -32,12 +32,16 @@ tile products. For 16-bit inputs the weighted tile A ⊙ W is rounded to the inp
 before the second product (as flash attention does with its probabilities); products
 accumulate in float32 and the output is rounded once.
 
-float32 products use ``tf32x3`` by default (three TF32 tensor-core products per product,
-hi·hi + hi·lo + lo·hi): on the seed example (H100) its output error against float64 was
-4.3e-7, below the 9.9e-7 of the same formula in float32 with CUDA-core ("ieee") products,
-at 3.2× the speed. ``LINATTN_TRITON_FP32_DOT=ieee`` selects CUDA-core products; single
-TF32 products (error 1.5e-3) only when ``torch.backends.cuda.matmul.allow_tf32`` is True
-or ``LINATTN_TRITON_FP32_DOT=tf32``.
+float32 products use ``f16x3`` by default (``common.dot``): each operand tile scaled by a
+power of two per row (left operand) or column (right operand) and split into two float16
+halves, three float16 tensor-core products (lo·hi + hi·lo + hi·hi). The halves carry 22 bits
+of every value within 2^-17 of its row's (column's) largest, like tf32x3's TF32 halves, and
+float16 products run at twice TF32's rate. On the seed example (H200, runs 27 and 30) its
+errors against float64 were 3.0e-7 to 3.5e-7, below tf32x3's 4.2e-7 to 4.5e-7 and the
+float32 reference's 8.7e-7 to 9.8e-7. ``LINATTN_TRITON_FP32_DOT`` selects another: ``tf32x3``
+(three TF32 products, the float32 default before f16x3), ``ieee`` (CUDA-core products); single TF32
+products (error 1.5e-3) only when ``torch.backends.cuda.matmul.allow_tf32`` is True or
+``LINATTN_TRITON_FP32_DOT=tf32``.
 
 MQA/GQA: query head h reads kv head h // G with G = H // Hkv; k and v are never expanded.
 """
@@ -69,6 +73,13 @@ FWD_FIXED_GPU = (128, 64, 8, 3)
 #: slow to build (10-100 s per kernel for 64×64 tiles, measured compiling for sm_90):
 #: every kernel uses this one small config instead of autotuning.
 IEEE_FP32_FIXED = (64, 32, 4, 2)
+#: float32 with f16x3 products (the float32 default): 128 query rows with only 4 warps and two
+#: stages, two programs per SM, was the fastest of 12 configs for the forward, dq, dk-only and
+#: dv-only kernels alike on the seed example (run 30, H200: forward 0.536 ms against 0.697 for
+#: (128, 64, 8, 3), the tf32x3 winner; 38 registers spilled, 112 KiB shared). The others are the
+#: runners-up there.
+F16X3_CONFIGS = [(128, 64, 4, 2), (128, 64, 8, 3), (128, 128, 8, 2)]
+F16X3_FIXED_GPU = (128, 64, 4, 2)
 #: Smaller configs tried in turn when a config does not fit shared memory (wide heads).
 FALLBACK_CONFIGS = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1), (16, 16, 2, 1)]
 #: Under the interpreter: small and unequal tiles, so tests cross many tile edges.
@@ -80,13 +91,15 @@ LOG2E = math.log2(math.e)
 def dot_precision(dtype: torch.dtype) -> str:
     """``input_precision`` of these kernels' ``tl.dot`` for inputs of ``dtype``.
 
-    float32: ``tf32x3`` (full float32 accuracy by measurement, see the module docstring);
-    ``tf32`` when ``torch.backends.cuda.matmul.allow_tf32`` is True; the environment
-    variable ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 overrides both
-    (``common.dot_precision``). 16-bit inputs ignore it.
+    float32: ``f16x3`` (see the module docstring); ``tf32`` when
+    ``torch.backends.cuda.matmul.allow_tf32`` is True; the environment variable
+    ``LINATTN_TRITON_FP32_DOT`` = ieee | tf32x3 | tf32 | bf16x6 | f16x3 overrides both
+    (``common.dot_precision``); with tf32x3, ``LINATTN_TRITON_DENSE_TF32X3=split`` has the
+    kernels split each tile once (``common.PRESPLIT``). 16-bit inputs ignore it.
     """
-    p = common.dot_precision(dtype, fp32_default="tf32x3")
-    return common.PRESPLIT if p == "tf32x3" and tf32x3_mode() == "split" else p
+    p = common.dot_precision(dtype, fp32_default=common.F16X3, f16x3=True)
+    mode = tf32x3_mode() if dtype == torch.float32 else ""  # checked whenever it could matter
+    return common.PRESPLIT if p == "tf32x3" and mode == "split" else p
 
 
 #: ``LINATTN_TRITON_DENSE_TF32X3``: how these kernels run float32 ``tf32x3`` products.
@@ -109,8 +122,9 @@ F16X3_MIN_CHANNEL_TILE = 64
 
 def channel_tiles(D: int, E: int, precision: str) -> tuple:
     """``(BD, BE)``: the power-of-two channel tiles for head dims D and E (see
-    ``F16X3_MIN_CHANNEL_TILE`` for ``precision == "f16x3"``)."""
-    least = F16X3_MIN_CHANNEL_TILE if precision == common.F16X3 else 16
+    ``F16X3_MIN_CHANNEL_TILE`` for ``precision == "f16x3"``; not under the interpreter, which
+    has no such bug and runs faster on narrow tiles)."""
+    least = F16X3_MIN_CHANNEL_TILE if precision == common.F16X3 and not common.INTERPRET else 16
     return common.next_pow2_tile(D, least), common.next_pow2_tile(E, least)
 
 
@@ -188,12 +202,14 @@ def fits(kind: str, el: int, config, BD: int, BE: int, limit: Optional[int] = No
     return smem_estimate(kind, el, r, c, BD, BE, st) <= (limit or smem_limit())
 
 
-def _pruner(kind: str, rows: str, cols: str):
-    """early_config_prune for the autotuner: drop configs that cannot fit shared memory."""
+def _pruner(kind, rows: str, cols: str):
+    """early_config_prune for the autotuner: drop configs that cannot fit shared memory
+    (``kind`` as for ``smem_estimate``, or a function of the launch's arguments giving it)."""
     def prune(configs, named_args, **kwargs):
         a = {**named_args, **kwargs}  # Triton passes launch kwargs in either, by version
         el, BD, BE = a["q"].element_size(), a["BD"], a["BE"]
-        kept = [c for c in configs if fits(kind, el, (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages), BD, BE)]
+        k = kind(a) if callable(kind) else kind
+        kept = [c for c in configs if fits(k, el, (c.kwargs[rows], c.kwargs[cols], c.num_warps, c.num_stages), BD, BE)]
         return kept or [min(configs, key=lambda c: c.kwargs[rows] * c.kwargs[cols] * c.num_stages)]
 
     return prune
@@ -365,6 +381,7 @@ if HAVE_TRITON:
             return triton.autotune(**kw)(kernel)
 
     _dense_fwd_tuned = _autotuned(_dense_fwd_kernel, FWD_CONFIGS, prune=_pruner("fwd", "BN", "BM"))
+    _dense_fwd_tuned_f16x3 = _autotuned(_dense_fwd_kernel, F16X3_CONFIGS, prune=_pruner("fwd", "BN", "BM"))
 
 
 def _is_out_of_resources(e: Exception) -> bool:
@@ -443,9 +460,10 @@ def dense_forward(q, k, v, mask, slopes, causal: bool, scale: float, *, config=N
         PRECISION=dot_precision(q.dtype), UPCAST=common.UPCAST_DOTS,
     )
     args["BD"], args["BE"] = channel_tiles(D, E, args["PRECISION"])
+    f16x3 = args["PRECISION"] == common.F16X3
     launch(
-        _dense_fwd_kernel, _dense_fwd_tuned if HAVE_TRITON else None,
+        _dense_fwd_kernel, (_dense_fwd_tuned_f16x3 if f16x3 else _dense_fwd_tuned) if HAVE_TRITON else None,
         lambda meta: (B * H, triton.cdiv(N, meta["BN"])),
-        args, config, FWD_FIXED_GPU, FWD_FIXED_INTERPRET, kind="fwd",
+        args, config, F16X3_FIXED_GPU if f16x3 else FWD_FIXED_GPU, FWD_FIXED_INTERPRET, kind="fwd",
     )
     return o
