@@ -58,6 +58,7 @@ run_one() {  # run_one STAGE: the stage's limit comes from LIMIT_<stage> when se
     hunt)    stage hunt "${LIMIT_hunt:-400}" python3 gpu/f16x3_hunt.py ;;
     sweep)   stage sweep "${LIMIT_sweep:-260}" python3 gpu/f16x3_sweep.py ;;
     fp32modes) stage fp32modes "${LIMIT_fp32modes:-260}" python3 gpu/fp32_modes.py ;;
+    hostprof) stage hostprof "${LIMIT_hostprof:-120}" python3 gpu/host_profile.py ;;
     chunkfinal) stage chunkfinal "${LIMIT_chunkfinal:-300}" python3 gpu/chunk_final.py ;;
     fuseab)  stage fuseab "${LIMIT_fuseab:-240}" python3 gpu/chunk_fuse_ab.py ;;
     faultgrid) stage faultgrid "${LIMIT_faultgrid:-200}" python3 gpu/chunk_fault_grid.py ;;

@@ -21,7 +21,7 @@ each catches its own failure; a watchdog ends the process 60 s after the budget)
    64x64 dk/dv tiles), and v3 split (split kernels, dk/dv 64x32, eager op). Fixed tiles
    (LINATTN_TRITON_AUTOTUNE=0) on every side.
 3. The seed example, float32 B16 H12 N1024 D64 0/1 mask [1,1,N,N], fwd+bwd (q, k, v grads),
-   autotuned, tf32x3 dots: ms and peak memory against `reference`.
+   autotuned, the default float32 products (f16x3 since run 31; tf32x3 before): ms and peak memory against `reference`.
 4. bf16 B4 H12 N4096 D64 mask [1,1,N,N], autotuned: fwd and fwd+bwd with the mask gradient
    against `reference`, extra memory.
 
@@ -392,7 +392,9 @@ def main():
         q, k, v = (torch.randn(B, H, N, D, device=dev, dtype=f32, generator=g).requires_grad_() for _ in range(3))
         m = torch.randint(0, 2, (1, 1, N, N), device=dev, generator=g).to(f32)
         do = torch.randn(B, H, N, D, device=dev, dtype=f32, generator=g)
-        res = {"shape": f"float32 B{B} H{H} N{N} D{D} 0/1 mask[1,1,N,N] fwd+bwd (q, k, v grads), autotuned, tf32x3",
+        from linattn.backends.triton.dense_fwd import dot_precision
+        res = {"shape": f"float32 B{B} H{H} N{N} D{D} 0/1 mask[1,1,N,N] fwd+bwd (q, k, v grads), autotuned, "
+                        f"float32 products {dot_precision(torch.float32)}",
                "card": CARD}
         RESULTS["timings"]["seed_fp32"] = res
 

@@ -496,6 +496,7 @@ def test_launcher_falls_back_when_a_config_is_out_of_resources(monkeypatch):
     monkeypatch.setattr(common, "INTERPRET", False)
     monkeypatch.setenv("LINATTN_TRITON_AUTOTUNE", "0")
     dense_fwd._FITTED.clear()
+    dense_fwd._CHAINS.clear()
     tried = []
 
     class FakeKernel:
@@ -526,6 +527,7 @@ def test_launcher_falls_back_when_a_config_is_out_of_resources(monkeypatch):
     with pytest.raises(RuntimeError, match="not a resource problem"):
         dense_fwd.launch(Broken(), None, grid, args, None, (64, 64, 4, 3), (16, 16, 1, 1), kind="fwd")
     dense_fwd._FITTED.clear()
+    dense_fwd._CHAINS.clear()
 
 
 def test_float32_dot_precision_default_and_overrides(monkeypatch):

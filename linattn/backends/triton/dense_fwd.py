@@ -140,11 +140,19 @@ def autotune_enabled() -> bool:
     return not common.INTERPRET and os.environ.get("LINATTN_TRITON_AUTOTUNE", "1") != "0"
 
 
+#: device index -> its opt-in shared memory per block (asking torch for the properties on every
+#: launch cost ~20 µs of host time per config checked; run 34's host profile)
+_SMEM_LIMITS: dict = {}
+
+
 def smem_limit() -> int:
     """Shared memory one program may use on the current device (bytes)."""
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        return int(getattr(props, "shared_memory_per_block_optin", 0) or H100_SMEM)
+        dev = torch.cuda.current_device()
+        if dev not in _SMEM_LIMITS:
+            props = torch.cuda.get_device_properties(dev)
+            _SMEM_LIMITS[dev] = int(getattr(props, "shared_memory_per_block_optin", 0) or H100_SMEM)
+        return _SMEM_LIMITS[dev]
     return H100_SMEM
 
 
@@ -390,6 +398,8 @@ def _is_out_of_resources(e: Exception) -> bool:
 
 #: (kernel name, dtype, BD, BE, flags) -> the config that last fitted after a fallback
 _FITTED: dict = {}
+#: (that key, first config, kind, device) -> the fixed-tile chain to try (``launch``)
+_CHAINS: dict = {}
 
 
 def launch(kernel, tuned, grid_fn, args: dict, config, fixed_gpu, fixed_interp, rows="BN", cols="BM", kind="fwd"):
@@ -423,8 +433,11 @@ def launch(kernel, tuned, grid_fn, args: dict, config, fixed_gpu, fixed_interp, 
             if not _is_out_of_resources(e):
                 raise
     first = _FITTED.get(key) or (IEEE_FP32_FIXED if ieee else fixed_gpu)
-    chain = [first] + [c for c in FALLBACK_CONFIGS if c != first]
-    chain = [c for c in chain if fits(kind, el, c, BD, BE)] or chain[-1:]
+    ckey = (key, first, kind, args["q"].device)
+    chain = _CHAINS.get(ckey)
+    if chain is None:  # the configs to try, in order: worked out once per kernel, flags and tiles
+        chain = [first] + [c for c in FALLBACK_CONFIGS if c != first]
+        chain = _CHAINS[ckey] = [c for c in chain if fits(kind, el, c, BD, BE)] or chain[-1:]
     for i, cfg in enumerate(chain):
         try:
             run(cfg)
