@@ -178,6 +178,11 @@ def smem_estimate(kind: str, bytes_per_el: int, rows: int, cols: int, BD: int, B
     below), (64, 64, 4, 3) split once 192 KiB (above it: a compile that fails, not a wrong
     prune).
 
+    f16x3 kernels (the float32 default: float32 tiles split into float16 halves) allocate at or
+    below this 4-byte count in every one of 219 configurations compiled for sm_90 with Triton
+    3.6 (forward, dq, dk/dv, fused; tiles 64 to 256; ``gpu/f16x3_smem.py``,
+    ``docs/f16x3-smem-sm90.jsonl``).
+
     kind: "fwd" (resident q), "dq" (q, do), "dkdv" (k, v), "dkdv1" (k or v), "fused" (dkdv then dq in one
     program: the sum of both, an upper bound), "dmask" (nothing resident, all four tiles
     pipelined over the (b, h) pairs).
